@@ -1,0 +1,152 @@
+"""Assembly of ended spans into executions (a local root span and its descendants).
+
+Spans arrive in the order they end, children normally before their root.  The assembler
+keeps the pending spans of each trace indexed by parent, and when a local root has ended
+(and its grace period has passed, for late children) it collects the root's subtree.
+Spans whose root never shows up are dropped after ``orphan_timeout`` and counted; the
+number of pending spans is bounded so an endless stream of orphans cannot grow memory.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Callable
+
+from .model import Execution, Span
+
+
+@dataclass(slots=True)
+class _Trace:
+    children: dict[str, list[Span]] = field(default_factory=lambda: defaultdict(list))
+    started: dict[str, Span] = field(default_factory=dict)  # running local roots (live mode)
+    ended: dict[str, tuple[Span, float]] = field(default_factory=dict)  # root -> (span, ready_at)
+    touched: float = 0.0
+    pending: int = 0
+
+
+@dataclass
+class AssemblyCounters:
+    spans: int = 0
+    executions: int = 0
+    orphan_spans: int = 0
+    overflow_spans: int = 0
+    truncated_spans: int = 0
+
+
+class Assembler:
+    def __init__(
+        self,
+        *,
+        grace: float = 0.0,
+        orphan_timeout: float = 300.0,
+        max_pending_spans: int = 200_000,
+        max_spans_per_execution: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.grace = grace
+        self.orphan_timeout = orphan_timeout
+        self.max_pending_spans = max_pending_spans
+        self.max_spans_per_execution = max_spans_per_execution
+        self.clock = clock
+        self.counters = AssemblyCounters()
+        self._traces: dict[str, _Trace] = {}
+        self._pending = 0
+
+    @property
+    def pending_spans(self) -> int:
+        return self._pending
+
+    def start(self, root: Span) -> None:
+        """Record that a local root span has started (live mode only)."""
+        trace = self._trace(root.trace_id)
+        trace.started[root.span_id] = root
+
+    def add(self, span: Span) -> None:
+        """Take one ended span."""
+        self.counters.spans += 1
+        trace = self._trace(span.trace_id)
+        if span.is_local_root:
+            trace.started.pop(span.span_id, None)
+            trace.ended[span.span_id] = (span, self.clock() + self.grace)
+            return
+        if self._pending >= self.max_pending_spans:
+            self.counters.overflow_spans += 1
+            return
+        trace.children[span.parent_span_id].append(span)  # type: ignore[index]
+        trace.pending += 1
+        self._pending += 1
+
+    def collect(self, *, ignore_grace: bool = False, final: bool = False) -> list[Execution]:
+        """Executions whose root has ended and whose grace period is over.
+
+        ``ignore_grace`` takes every ended root now (a flush); ``final`` also drops the spans
+        left without a root (shutdown), counting them as orphans.
+        """
+        now = self.clock()
+        done: list[Execution] = []
+        for trace_id in list(self._traces):
+            trace = self._traces[trace_id]
+            for root_id, (root, ready_at) in list(trace.ended.items()):
+                if ignore_grace or final or ready_at <= now:
+                    del trace.ended[root_id]
+                    done.append(Execution(root, self._take_subtree(trace, root_id)))
+            if not trace.ended and (final or not trace.started):
+                if trace.pending == 0:
+                    del self._traces[trace_id]
+                elif final or now - trace.touched > self.orphan_timeout:
+                    self.counters.orphan_spans += trace.pending
+                    self._pending -= trace.pending
+                    del self._traces[trace_id]
+        self.counters.executions += len(done)
+        return done
+
+    def running(self) -> list[Execution]:
+        """Snapshots of the executions whose root is still running, with what has ended so far."""
+        out = []
+        for trace in self._traces.values():
+            for root_id, root in trace.started.items():
+                out.append(Execution(root, self._subtree(trace, root_id)))
+        return out
+
+    def forget_running(self, trace_id: str, span_id: str) -> None:
+        trace = self._traces.get(trace_id)
+        if trace is not None:
+            trace.started.pop(span_id, None)
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _trace(self, trace_id: str) -> _Trace:
+        trace = self._traces.get(trace_id)
+        if trace is None:
+            trace = self._traces[trace_id] = _Trace()
+        trace.touched = self.clock()
+        return trace
+
+    def _subtree(self, trace: _Trace, root_id: str) -> list[Span]:
+        out: list[Span] = []
+        stack = [root_id]
+        while stack:
+            for child in trace.children.get(stack.pop(), ()):
+                out.append(child)
+                stack.append(child.span_id)
+        return out
+
+    def _take_subtree(self, trace: _Trace, root_id: str) -> list[Span]:
+        out: list[Span] = []
+        stack = [root_id]
+        while stack:
+            children = trace.children.pop(stack.pop(), None)
+            if not children:
+                continue
+            out.extend(children)
+            stack.extend(c.span_id for c in children)
+        trace.pending -= len(out)
+        self._pending -= len(out)
+        limit = self.max_spans_per_execution
+        if len(out) > limit:
+            out.sort(key=lambda s: s.start_ns)
+            self.counters.truncated_spans += len(out) - limit
+            out = out[:limit]
+        return out

@@ -1,0 +1,5 @@
+"""The ``trifle-otel`` command."""
+
+from .main import main
+
+__all__ = ["main"]

@@ -1,0 +1,50 @@
+"""``trifle-otel demo``: run a realistic job workload into the configured store."""
+
+from __future__ import annotations
+
+import click
+from rich.console import Console
+
+from ..config import Config
+from .main import config_options, main
+
+
+@main.command()
+@click.option("--jobs", type=click.IntRange(1, 100_000), default=120, show_default=True, help="How many jobs to run.")
+@click.option("--seed", type=int, default=7, show_default=True, help="Seed of the workload's randomness.")
+@config_options
+def demo(config: Config, jobs: int, seed: int) -> None:
+    """Run price-calculation and product-refresh jobs through the bridge, then say where to look."""
+    from ..demo import demo_config, run_demo
+    from ..ingest.processor import TrifleSpanProcessor
+
+    config = demo_config(config)
+    console = Console(highlight=False)
+    console.print(f"Running {jobs} jobs into {config.resolved_index_url()} and {config.resolved_data_url()} ...")
+    processor = TrifleSpanProcessor(config)
+    try:
+        summary = run_demo(processor, jobs=jobs, seed=seed)
+    finally:
+        processor.shutdown()
+    stats = processor.stats()
+    console.print(f"Ran {jobs} jobs in {summary.seconds:.1f}s:")
+    for name, count in sorted(summary.jobs.items()):
+        console.print(f"  {count:4d}  {name}")
+    console.print(
+        f"Wrote {stats['executions_written']} executions ({stats['executions_ignored']} ignored, "
+        f"{stats['live_writes']} live updates, {stats['spans_dropped']} spans dropped, "
+        f"{stats['write_errors']} write errors)."
+    )
+    console.print("One report job was still running when the demo stopped: its record stays 'running'"
+                  f" and is reported stuck after {config.stuck_after:.0f}s.")
+    if stats["write_errors"] and not stats["executions_written"]:
+        raise SystemExit("error: nothing could be written: see the warnings above")
+    opts = "" if config.source == "defaults" else f" --config {config.source}"
+    console.print("\nLook at it:")
+    for command in (
+        f"trifle-otel traces list{opts}",
+        f"trifle-otel traces list --state error{opts}",
+        f"trifle-otel traces list --key prices --tag customer.id:acme --json{opts}",
+        f"trifle-otel traces show <reference>{opts}",
+    ):
+        console.print(f"  {command}")

@@ -1,0 +1,222 @@
+"""Configuration: command-line flags > environment > config file (YAML) > defaults.
+
+The file has sections (``store``, ``traces``, ``processor``, ``stats``); every setting has
+one flat attribute on :class:`Config`.  Unknown or mistyped settings are refused at load,
+naming the setting and what it expects.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from .errors import ConfigError
+
+ENV_CONFIG = "TRIFLE_OTEL_CONFIG"
+ENV_HOME = "TRIFLE_OTEL_HOME"
+ENV_URLS = {
+    "index_url": "TRIFLE_OTEL_INDEX_URL",
+    "data_url": "TRIFLE_OTEL_DATA_URL",
+    "stats_url": "TRIFLE_OTEL_STATS_URL",
+}
+
+DEFAULT_KEY_ATTRIBUTES = ("trifle.key", "celery.task_name", "rq.job.func_name", "job.class", "job.name")
+
+
+@dataclass
+class Config:
+    # store
+    home: str = ".trifle"
+    index_url: str | None = None
+    data_url: str | None = None
+    stats_url: str | None = None
+    # traces
+    key_template: str | None = None
+    key_attributes: list[str] = field(default_factory=lambda: list(DEFAULT_KEY_ATTRIBUTES))
+    tag_attributes: list[str] = field(default_factory=list)
+    meta_attributes: list[str] | None = None
+    retention_days: int = 30
+    payload_size_limit: int = 102_400
+    part_size: int = 1_000
+    gzip: bool = False
+    live: bool = True
+    live_interval: float = 10.0
+    stuck_after: float = 900.0
+    # processor
+    queue_size: int = 20_000
+    flush_interval: float = 1.0
+    grace: float = 0.0
+    retry_buffer: int = 2_000
+    # stats
+    stats_rules: str | None = None
+    default_stats: bool = True
+    granularities: list[str] = field(default_factory=lambda: ["1m", "1h", "1d", "1w", "1mo", "1q", "1y"])
+    time_zone: str = "UTC"
+    beginning_of_week: str = "monday"
+
+    source: str = field(default="defaults", repr=False, compare=False)
+
+    # -- derived -----------------------------------------------------------------------
+
+    @property
+    def home_path(self) -> Path:
+        return Path(self.home).expanduser().resolve()
+
+    def resolved_index_url(self) -> str:
+        return self.index_url or f"sqlite://{self.home_path / 'traces.db'}"
+
+    def resolved_data_url(self) -> str:
+        return self.data_url or f"file://{self.home_path / 'data'}"
+
+    def resolved_stats_url(self) -> str:
+        return self.stats_url or f"sqlite://{self.home_path / 'stats.db'}"
+
+    def validate(self) -> "Config":
+        for name in ("retention_days", "payload_size_limit", "part_size", "queue_size", "retry_buffer"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"setting '{name}' must be a positive number (got {getattr(self, name)!r})")
+        for name in ("live_interval", "stuck_after", "flush_interval"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"setting '{name}' must be a positive number of seconds (got {getattr(self, name)!r})")
+        if self.grace < 0:
+            raise ConfigError(f"setting 'grace' must be zero or more seconds (got {self.grace!r})")
+        if self.beginning_of_week.lower() not in _WEEKDAYS:
+            raise ConfigError(
+                f"setting 'beginning_of_week' must be a weekday name such as 'monday' (got {self.beginning_of_week!r})"
+            )
+        return self
+
+
+_WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+
+# Which section of the file each setting lives in.
+SECTIONS: dict[str, tuple[str, ...]] = {
+    "store": ("home", "index_url", "data_url", "stats_url"),
+    "traces": (
+        "key_template",
+        "key_attributes",
+        "tag_attributes",
+        "meta_attributes",
+        "retention_days",
+        "payload_size_limit",
+        "part_size",
+        "gzip",
+        "live",
+        "live_interval",
+        "stuck_after",
+    ),
+    "processor": ("queue_size", "flush_interval", "grace", "retry_buffer"),
+    "stats": ("stats_rules", "default_stats", "granularities", "time_zone", "beginning_of_week"),
+}
+_FILE_NAMES = {"stats": {"stats_rules": "rules"}}  # file name differs from attribute name
+
+_TYPES = {f.name: f.type for f in fields(Config)}
+
+
+def _coerce(name: str, value: Any, where: str) -> Any:
+    kind = _TYPES[name]
+    if value is None and "None" in kind:
+        return None
+    try:
+        if kind.startswith("list"):
+            if isinstance(value, str):
+                value = [v.strip() for v in value.split(",") if v.strip()]
+            if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+                raise TypeError
+            return list(value)
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+                return value.lower() in ("1", "true", "yes", "on")
+            raise TypeError
+        if kind == "int":
+            if isinstance(value, bool):
+                raise TypeError
+            return int(value)
+        if kind == "float":
+            if isinstance(value, bool):
+                raise TypeError
+            return float(value)
+        if isinstance(value, (dict, list)):
+            raise TypeError
+        return str(value)
+    except (TypeError, ValueError):
+        expected = {"bool": "true or false", "int": "a whole number", "float": "a number"}.get(
+            kind, "a list of strings" if kind.startswith("list") else "a string"
+        )
+        raise ConfigError(f"{where}: setting '{name}' must be {expected} (got {value!r})") from None
+
+
+def _from_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist: check --config or {ENV_CONFIG}") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"config file {path} is not valid YAML{at}: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must be a mapping of sections ({', '.join(SECTIONS)})")
+    out: dict[str, Any] = {}
+    for section, body in data.items():
+        if section not in SECTIONS:
+            raise ConfigError(f"config file {path}: unknown section '{section}'{_hint(section, SECTIONS)}")
+        if body is None:
+            continue
+        if not isinstance(body, dict):
+            raise ConfigError(f"config file {path}: section '{section}' must be a mapping of settings")
+        renamed = {v: k for k, v in _FILE_NAMES.get(section, {}).items()}
+        allowed = [_FILE_NAMES.get(section, {}).get(n, n) for n in SECTIONS[section]]
+        for key, value in body.items():
+            if key not in allowed:
+                raise ConfigError(f"config file {path}: unknown setting '{section}.{key}'{_hint(key, allowed)}")
+            name = renamed.get(key, key)
+            out[name] = _coerce(name, value, f"config file {path}")
+    # Relative paths in the file are relative to the file, not to where the command runs.
+    for name in ("home", "stats_rules"):
+        if out.get(name) and not Path(out[name]).expanduser().is_absolute():
+            out[name] = str((path.parent / out[name]).resolve())
+    return out
+
+
+def _hint(word: str, choices) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else f" (known: {', '.join(choices)})"
+
+
+def load_config(
+    path: str | os.PathLike | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    """Build the configuration from defaults, the config file, the environment and overrides."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    file = path or env.get(ENV_CONFIG)
+    source = "defaults"
+    if file:
+        values.update(_from_file(Path(file)))
+        source = str(file)
+    if env.get(ENV_HOME):
+        values["home"] = env[ENV_HOME]
+    for name, var in ENV_URLS.items():
+        if env.get(var):
+            values[name] = env[var]
+    for name, value in (overrides or {}).items():
+        if value is None:
+            continue
+        if name not in _TYPES or name == "source":
+            raise ConfigError(f"unknown setting '{name}'{_hint(name, _TYPES)}")
+        values[name] = _coerce(name, value, "option")
+    return Config(**values, source=source).validate()

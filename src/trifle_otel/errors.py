@@ -1,0 +1,17 @@
+"""Errors raised for user mistakes.  Each message names the thing and how to fix it."""
+
+
+class TrifleError(Exception):
+    """Base class: the CLI prints these as one clear line, never a traceback."""
+
+
+class ConfigError(TrifleError):
+    """A bad configuration value, file or store URL."""
+
+
+class StoreError(TrifleError):
+    """A store could not be opened, read or written."""
+
+
+class NotFoundError(TrifleError):
+    """A reference or key that is not in the store."""

@@ -1,0 +1,1 @@
+"""Ingest: the ways spans reach the pipeline (in-process processor, SDK exporter, OTLP)."""

@@ -1,0 +1,70 @@
+"""``TrifleSpanProcessor``: the drop-in span processor.
+
+On the application thread it only appends the span to the pipeline's bounded intake (no
+conversion, no I/O, no locks); the pipeline's worker does everything else.  Errors are
+contained and counted; it never raises into the application.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from opentelemetry.context import Context
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+
+from ..config import Config, load_config
+from ..pipeline import START, Pipeline
+from .sdk import from_readable_span
+
+
+class TrifleSpanProcessor(SpanProcessor):
+    """Turns each execution's spans into a Trifle trace document (and stats).
+
+    ``TrifleSpanProcessor()`` reads the configuration from the environment
+    (``TRIFLE_OTEL_CONFIG``, ``TRIFLE_OTEL_HOME``, ``TRIFLE_OTEL_*_URL``); pass a
+    :class:`Config`, a ``config_file`` or keyword settings to override.
+    """
+
+    def __init__(self, config: Config | None = None, *, config_file: str | None = None, **settings: Any) -> None:
+        if config is None:
+            config = load_config(config_file, overrides=settings)
+        elif settings or config_file:
+            raise TypeError("pass either a Config or config_file/settings, not both")
+        self.config = config
+        self.pipeline = Pipeline(config, convert=from_readable_span)
+        self._live = config.live
+
+    # The two hooks below run on the application thread for every span: keep them to an
+    # append on a deque (no conversion, no lock, no I/O).  A recording span is taken even
+    # when unsampled (RECORD_ONLY): the sampler decides what backends get, not what jobs
+    # are traced.
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        if not self._live:
+            return
+        try:
+            parent = span.parent
+            if parent is None or parent.is_remote:
+                self.pipeline.submit((START, span))
+        except Exception:
+            self.pipeline.counters.processor_errors += 1
+
+    def on_end(self, span: ReadableSpan) -> None:
+        pipeline = self.pipeline
+        intake = pipeline.intake
+        if len(intake) < pipeline.max_queue:
+            intake.append(span)
+            if len(intake) >= pipeline.wake_at:
+                pipeline.wake.set()
+        else:
+            pipeline.counters.spans_dropped += 1
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self.pipeline.force_flush(timeout_millis / 1000)
+
+    def shutdown(self) -> None:
+        self.pipeline.shutdown()
+
+    def stats(self) -> dict[str, int]:
+        """Counters: spans dropped, executions written/ignored, write errors, ..."""
+        return self.pipeline.stats()

@@ -1,0 +1,98 @@
+"""Conversion of OTel SDK ``ReadableSpan`` objects into the neutral span model."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.trace import SpanKind, StatusCode
+
+from ..model import Event, Link, Span
+
+_KIND = {
+    SpanKind.INTERNAL: "internal",
+    SpanKind.SERVER: "server",
+    SpanKind.CLIENT: "client",
+    SpanKind.PRODUCER: "producer",
+    SpanKind.CONSUMER: "consumer",
+}
+_STATUS = {StatusCode.UNSET: "unset", StatusCode.OK: "ok", StatusCode.ERROR: "error"}
+
+# Resources are shared by every span of a provider: convert each one once.
+_resource_cache: dict[int, tuple[Any, Mapping[str, Any]]] = {}
+
+
+def _resource(span: ReadableSpan) -> Mapping[str, Any]:
+    resource = span.resource
+    if resource is None:
+        return {}
+    cached = _resource_cache.get(id(resource))
+    if cached is not None and cached[0] is resource:
+        return cached[1]
+    attrs = dict(resource.attributes)
+    if len(_resource_cache) > 64:
+        _resource_cache.clear()
+    _resource_cache[id(resource)] = (resource, attrs)
+    return attrs
+
+
+def _attrs(mapping: Any, frozen: bool = True) -> Mapping[str, Any]:
+    """A read-only view of span attributes.
+
+    An ended span's ``BoundedAttributes`` is immutable, so its inner dict is shared as it is
+    (no copy on the hot path); a started span may still change, so it is copied.
+    """
+    if not mapping:
+        return {}
+    inner = getattr(mapping, "_dict", None)
+    if inner is not None and frozen:
+        return inner
+    source = inner if inner is not None else mapping
+    for _ in range(3):
+        try:
+            return dict(source)
+        except RuntimeError:  # changed size during iteration (span still being written)
+            continue
+    return {}
+
+
+def from_readable_span(span: ReadableSpan) -> Span:
+    """Convert one SDK span.  Reads the SDK's fields directly when it can (this runs for
+    every span on the worker), and through the public properties otherwise."""
+    try:
+        ctx = span._context
+        parent = span._parent
+        status = span._status
+        end = span._end_time
+        attributes = span._attributes
+        events = span._events
+        links = span._links
+        kind = span._kind
+        scope = span._instrumentation_scope
+        start = span._start_time
+    except AttributeError:
+        ctx, parent, status, end = span.context, span.parent, span.status, span.end_time
+        attributes, events, links = span.attributes, span.events, span.links
+        kind, scope, start = span.kind, span.instrumentation_scope, span.start_time
+    frozen = end is not None
+    return Span(
+        format(ctx.trace_id, "032x"),
+        format(ctx.span_id, "016x"),
+        span.name,
+        start or 0,
+        end,
+        format(parent.span_id, "016x") if parent is not None else None,
+        parent is not None and parent.is_remote,
+        _KIND.get(kind, "internal"),
+        _STATUS.get(status.status_code, "unset") if status is not None else "unset",
+        (status.description or "") if status is not None else "",
+        _attrs(attributes, frozen),
+        tuple([Event(e.name, e.timestamp, _attrs(e.attributes)) for e in events]) if frozen and events else (),
+        tuple(
+            [Link(format(l.context.trace_id, "032x"), format(l.context.span_id, "016x"), _attrs(l.attributes)) for l in links]
+        )
+        if links
+        else (),
+        _resource(span),
+        scope.name if scope is not None else "",
+    )

@@ -1,0 +1,336 @@
+"""The shared path after ingest: intake queue → assembly → translation → sinks.
+
+One background worker thread does everything; ingest (the span processor, the exporter,
+the OTLP receivers) only appends to the intake deque, which is bounded: when it is full
+new spans are dropped and counted, so the host application never waits on the bridge.
+Store failures are retried from a bounded buffer of finished documents; past that bound
+documents are dropped and counted.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import weakref
+from collections import OrderedDict, deque
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Sequence
+
+from .assembly import Assembler
+from .config import Config
+from .errors import TrifleError
+from .model import Execution, Span
+from .sinks import TraceSink
+from .stores import open_data, open_index
+from .translate import Document, Translator
+
+logger = logging.getLogger("trifle_otel")
+
+START = "start"  # intake item ``(START, span)``: a local root has started (live mode)
+
+ExecutionObserver = Callable[[Execution, Document], None]
+
+
+@dataclass
+class PipelineCounters:
+    spans_dropped: int = 0
+    processor_errors: int = 0
+    executions_written: int = 0
+    executions_ignored: int = 0
+    live_writes: int = 0
+    translation_errors: int = 0
+    write_errors: int = 0
+    documents_dropped: int = 0
+
+
+_pipelines: "weakref.WeakSet[Pipeline]" = weakref.WeakSet()
+# Store connections a forked child inherited: kept referenced, never closed or used there
+# (closing an inherited SQLite connection could checkpoint the parent's WAL under it).
+_inherited: list[Any] = []
+
+
+def _after_fork_in_child() -> None:
+    for pipeline in list(_pipelines):
+        pipeline._reinit_after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class Pipeline:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        convert: Callable[[Any], Span] | None = None,
+        sink_factory: Callable[[], TraceSink] | None = None,
+        wake_at: int = 512,
+    ) -> None:
+        self.config = config
+        self.intake: deque = deque()
+        self.max_queue = config.queue_size
+        self.wake_at = min(wake_at, max(1, config.queue_size // 4))
+        self.counters = PipelineCounters()
+        self.observers: list[ExecutionObserver] = []
+        self._convert = convert
+        self._sink_factory = sink_factory or self._default_sink
+        self._sink: TraceSink | None = None
+        self.translator = Translator(config)
+        self._init_state()
+        _pipelines.add(self)
+        self._start_worker()
+
+    # -- ingest side (any thread) -------------------------------------------------------
+
+    def submit(self, item: Any) -> None:
+        """Append one intake item without blocking; count it as dropped when full."""
+        intake = self.intake
+        if len(intake) >= self.max_queue:
+            self.counters.spans_dropped += 1
+            return
+        intake.append(item)
+        if len(intake) >= self.wake_at:
+            self.wake.set()
+
+    def submit_many(self, spans: Sequence[Any]) -> None:
+        room = self.max_queue - len(self.intake)
+        if room < len(spans):
+            self.counters.spans_dropped += len(spans) - max(room, 0)
+            spans = spans[: max(room, 0)]
+        self.intake.extend(spans)
+        if len(self.intake) >= self.wake_at:
+            self.wake.set()
+
+    def force_flush(self, timeout: float | None = 30.0) -> bool:
+        """Write every execution whose root has ended; True when done within ``timeout``."""
+        if self._stopped or not self._thread.is_alive():
+            return False
+        done = threading.Event()
+        self._flush_requests.append(done)
+        self.wake.set()
+        return done.wait(timeout)
+
+    def shutdown(self, timeout: float | None = 30.0) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        self.wake.set()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+        _pipelines.discard(self)
+
+    def stats(self) -> dict[str, int]:
+        out = asdict(self.counters)
+        out.update({f"assembly_{k}": v for k, v in asdict(self.assembler.counters).items()})
+        out["queued"] = len(self.intake)
+        out["retry_buffer"] = len(self._retry)
+        return out
+
+    # -- worker ------------------------------------------------------------------------
+
+    def _init_state(self) -> None:
+        c = self.config
+        self.assembler = Assembler(grace=c.grace)
+        self.wake = threading.Event()
+        self._flush_requests: list[threading.Event] = []
+        self._stopped = False
+        self._retry: "OrderedDict[str, Document]" = OrderedDict()
+        self._retry_at = 0.0
+        self._backoff = 0.5
+        self._last_error_log = 0.0
+        self._live_written: set[str] = set()
+        self._next_live = time.monotonic() + c.live_interval
+        self._new_roots: list[Span] = []
+
+    def _start_worker(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="trifle-otel-worker", daemon=True)
+        self._thread.start()
+
+    def _reinit_after_fork(self) -> None:
+        """In a forked child: the worker thread and queued items belong to the parent."""
+        self.intake = deque()
+        self.counters = PipelineCounters()
+        if self._sink is not None:
+            _inherited.append(self._sink)
+        self._sink = None  # connections opened by the parent must not be shared
+        was_stopped = self._stopped
+        self._init_state()
+        self._stopped = was_stopped
+        if not was_stopped:
+            self._start_worker()
+
+    def _default_sink(self) -> TraceSink:
+        data = open_data(self.config.resolved_data_url())
+        index = open_index(self.config.resolved_index_url())
+        self.translator.bucket_name = data.bucket_name
+        return TraceSink(index, data, compressed=self.config.gzip)
+
+    def _run(self) -> None:
+        interval = self.config.flush_interval
+        while True:
+            self.wake.wait(interval)
+            self.wake.clear()
+            stopping = self._stopped
+            flushes, self._flush_requests = self._flush_requests, []
+            try:
+                self._cycle(ignore_grace=bool(flushes), final=stopping)
+            except Exception:  # never let the worker die: count and go on
+                self.counters.processor_errors += 1
+                logger.exception("trifle-otel worker cycle failed")
+            for done in flushes:
+                done.set()
+            if stopping:
+                self._close()
+                for done in self._flush_requests:
+                    done.set()
+                return
+
+    def _cycle(self, *, ignore_grace: bool = False, final: bool = False) -> None:
+        self._drain()
+        documents: list[Document] = []
+        now_ns = time.time_ns()
+        for execution in self.assembler.collect(ignore_grace=ignore_grace, final=final):
+            doc = self._translate(execution, now_ns)
+            if doc is None:
+                continue
+            if doc.ignored:
+                self.counters.executions_ignored += 1
+                if doc.reference in self._live_written:
+                    self._live_written.discard(doc.reference)
+                    self._discard(doc)
+                continue
+            self._live_written.discard(doc.reference)
+            self._notify(execution, doc)
+            documents.append(doc)
+        live_docs = self._live_documents(now_ns, final)
+        self._write(documents, live_docs, final=final)
+
+    def _drain(self) -> None:
+        intake = self.intake
+        assembler = self.assembler
+        convert = self._convert
+        pop = intake.popleft
+        for _ in range(len(intake)):
+            item = pop()
+            try:
+                if type(item) is tuple:
+                    span = item[1] if type(item[1]) is Span else convert(item[1])  # type: ignore[misc]
+                    assembler.start(span)
+                    self._new_roots.append(span)
+                elif type(item) is Span:
+                    assembler.add(item)
+                else:
+                    assembler.add(convert(item))  # type: ignore[misc]
+            except Exception:
+                self.counters.processor_errors += 1
+                logger.debug("cannot take a span", exc_info=True)
+
+    def _translate(self, execution: Execution, now_ns: int) -> Document | None:
+        try:
+            return self.translator.translate(execution, now_ns)
+        except Exception:
+            self.counters.translation_errors += 1
+            logger.exception("cannot translate execution %s", execution.reference)
+            return None
+
+    def _notify(self, execution: Execution, doc: Document) -> None:
+        for observer in self.observers:
+            try:
+                observer(execution, doc)
+            except Exception:
+                self.counters.processor_errors += 1
+                logger.exception("execution observer failed")
+
+    def _live_documents(self, now_ns: int, final: bool) -> list[Document]:
+        """Running records: new roots at once, every running root each ``live_interval``."""
+        if not self.config.live or final:
+            self._new_roots.clear()
+            return []
+        now = time.monotonic()
+        if now >= self._next_live:
+            self._next_live = now + self.config.live_interval
+            executions = self.assembler.running()
+        else:
+            new = {(s.trace_id, s.span_id) for s in self._new_roots}
+            executions = [e for e in self.assembler.running() if (e.root.trace_id, e.root.span_id) in new] if new else []
+        self._new_roots.clear()
+        docs = []
+        for execution in executions:
+            doc = self._translate(execution, now_ns)
+            if doc is None:
+                continue
+            if doc.ignored:
+                if doc.reference in self._live_written:
+                    self._live_written.discard(doc.reference)
+                    self._discard(doc)
+                continue
+            docs.append(doc)
+        return docs
+
+    def _write(self, documents: list[Document], live_docs: list[Document], *, final: bool) -> None:
+        for doc in documents:
+            self._retry[doc.reference] = doc
+            self._retry.move_to_end(doc.reference)
+        overflow = len(self._retry) - self.config.retry_buffer
+        while overflow > 0:
+            self._retry.popitem(last=False)
+            self.counters.documents_dropped += 1
+            overflow -= 1
+        if not self._retry and not live_docs:
+            return
+        if time.monotonic() < self._retry_at and not final:
+            return
+        pending = list(self._retry.values())
+        try:
+            sink = self._sink
+            if sink is None:
+                sink = self._sink = self._sink_factory()
+            if pending:
+                sink.write(pending)
+            if live_docs:
+                sink.write(live_docs)
+        except Exception as exc:
+            self.counters.write_errors += 1
+            self._retry_at = time.monotonic() + self._backoff
+            self._backoff = min(self._backoff * 2, 30.0)
+            now = time.monotonic()
+            if now - self._last_error_log > 60:
+                self._last_error_log = now
+                message = str(exc) if isinstance(exc, TrifleError) else repr(exc)
+                logger.warning(
+                    "trifle-otel cannot write traces (%s); %d executions wait for retry, %d dropped so far",
+                    message,
+                    len(self._retry),
+                    self.counters.documents_dropped,
+                )
+            if final and self._retry:
+                self.counters.documents_dropped += len(self._retry)
+                self._retry.clear()
+            return
+        self._backoff = 0.5
+        self._retry_at = 0.0
+        self.counters.executions_written += len(pending)
+        self.counters.live_writes += len(live_docs)
+        self._live_written.update(d.reference for d in live_docs)
+        for doc in pending:
+            self._retry.pop(doc.reference, None)
+
+    def _discard(self, doc: Document) -> None:
+        try:
+            if self._sink is not None:
+                self._sink.discard([doc])
+        except Exception:
+            self.counters.write_errors += 1
+            logger.debug("cannot discard ignored execution %s", doc.reference, exc_info=True)
+
+    def _close(self) -> None:
+        sink = self._sink
+        if sink is not None:
+            for store in (sink.index, sink.data):
+                try:
+                    store.close()
+                except Exception:
+                    pass

@@ -1,0 +1,84 @@
+"""Buffered sinks: where translated documents go (trace data, trace index; stats next).
+
+Data parts and artifacts are written before the index record, so a record never points
+at parts that are not there.  In live mode a document is written several times: parts
+whose content did not change since the last write are skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Sequence
+
+from .stores.base import DataStore, TraceIndex
+from .stores.layout import DEFAULT_PREFIX, data_prefix, decode_part, encode_part, part_name
+from .translate import Document
+
+
+class TraceSink:
+    def __init__(self, index: TraceIndex, data: DataStore, *, compressed: bool = False, prefix: str = DEFAULT_PREFIX):
+        self.index = index
+        self.data = data
+        self.compressed = compressed
+        self.prefix = prefix
+        self._written: dict[str, list[bytes]] = {}  # reference -> digests of parts written (live)
+
+    def write(self, documents: Sequence[Document]) -> None:
+        """Write documents (data first, then one index batch).  Raises StoreError on failure."""
+        records = []
+        fresh = not any(doc.reference in self._written for doc in documents)
+        for doc in documents:
+            base = data_prefix(doc.record, self.prefix)
+            doc.record["data_path"] = base
+            seen = self._written.get(doc.reference, [])
+            digests = []
+            for number, lines in enumerate(doc.parts, start=1):
+                body = encode_part(lines, self.compressed)
+                digest = hashlib.blake2b(body, digest_size=16).digest()
+                digests.append(digest)
+                if number <= len(seen) and seen[number - 1] == digest:
+                    continue
+                self.data.put(base + part_name(number, self.compressed), body)
+            for name, body in doc.artifacts:
+                self.data.put(base + "artifacts/" + name, body)
+            if doc.record["state"] == "running":
+                self._written[doc.reference] = digests
+            else:
+                self._written.pop(doc.reference, None)
+            records.append(doc.record)
+        if records:
+            self.index.upsert(records, fresh=fresh)
+
+    def discard(self, documents: Sequence[Document]) -> None:
+        """Remove what live mode wrote for executions that turned out to be ignored."""
+        refs = [d.reference for d in documents]
+        if not refs:
+            return
+        self.index.delete(refs)
+        for doc in documents:
+            self._written.pop(doc.reference, None)
+            self.data.delete_prefix(data_prefix(doc.record, self.prefix))
+
+    def forget(self, reference: str) -> None:
+        self._written.pop(reference, None)
+
+
+def load_lines(data: DataStore, record: dict[str, Any]) -> list[dict[str, Any]]:
+    """All lines of a record, part after part (either part encoding is read)."""
+    base = record.get("data_path") or data_prefix(record)
+    lines: list[dict[str, Any]] = []
+    for number in range(1, int(record.get("parts") or 0) + 1):
+        body = data.get(base + part_name(number, True))
+        if body is None:
+            body = data.get(base + part_name(number, False))
+        if body is None:
+            lines.append({"at": None, "message": f"data part {number} is missing from {base}", "state": "error",
+                          "type": "text", "level": 0})
+            continue
+        lines.extend(decode_part(body))
+    return lines
+
+
+def load_artifact(data: DataStore, record: dict[str, Any], name: str) -> bytes | None:
+    base = record.get("data_path") or data_prefix(record)
+    return data.get(base + "artifacts/" + name)

@@ -1,0 +1,225 @@
+"""SQLite trace index: table ``trifle_traces`` plus segment and tag tables for search.
+
+Every search filter is served by an index walked newest first, so a page costs the
+page, not the table.  WAL mode lets the CLI and the UI read while a worker writes.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..errors import StoreError
+from .base import TIME_FIELDS, Page, TraceQuery, decode_cursor, encode_cursor
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS trifle_traces (
+    reference TEXT PRIMARY KEY,
+    key TEXT NOT NULL,
+    state TEXT NOT NULL,
+    first_at REAL NOT NULL,
+    last_at REAL NOT NULL,
+    duration INTEGER NOT NULL,
+    expires_at REAL NOT NULL,
+    trace_id TEXT,
+    record TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS trifle_traces_first_at ON trifle_traces (first_at DESC, reference DESC);
+CREATE INDEX IF NOT EXISTS trifle_traces_state ON trifle_traces (state, first_at DESC, reference DESC);
+CREATE INDEX IF NOT EXISTS trifle_traces_duration ON trifle_traces (duration, first_at);
+CREATE INDEX IF NOT EXISTS trifle_traces_expires_at ON trifle_traces (expires_at);
+CREATE INDEX IF NOT EXISTS trifle_traces_trace_id ON trifle_traces (trace_id);
+CREATE TABLE IF NOT EXISTS trifle_traces_segments (
+    segment TEXT NOT NULL, first_at REAL NOT NULL, reference TEXT NOT NULL,
+    PRIMARY KEY (segment, first_at, reference)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS trifle_traces_segments_reference ON trifle_traces_segments (reference);
+CREATE TABLE IF NOT EXISTS trifle_traces_tags (
+    tag TEXT NOT NULL, first_at REAL NOT NULL, reference TEXT NOT NULL,
+    PRIMARY KEY (tag, first_at, reference)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS trifle_traces_tags_reference ON trifle_traces_tags (reference);
+"""
+
+
+def _ts(value: datetime) -> float:
+    return value.timestamp()
+
+
+_encoder = json.JSONEncoder(
+    ensure_ascii=False, separators=(",", ":"), default=lambda v: v.isoformat() if isinstance(v, datetime) else str(v)
+)
+_encode = _encoder.encode
+
+
+def decode_record(text: str) -> dict[str, Any]:
+    record = json.loads(text)
+    for name in TIME_FIELDS:
+        if isinstance(record.get(name), str):
+            record[name] = datetime.fromisoformat(record[name])
+    return record
+
+
+def connect_sqlite(path: Path, what: str) -> sqlite3.Connection:
+    """Open (creating its directory) a SQLite database in WAL mode, or say clearly why not."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(str(path), timeout=30, check_same_thread=False, isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        return conn
+    except (OSError, sqlite3.Error) as exc:
+        raise StoreError(
+            f"cannot open the {what} database {path}: {exc}; "
+            f"check that the directory exists and is writable, or set another URL"
+        ) from None
+
+
+class SQLiteTraceIndex:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._conn = connect_sqlite(self.path, "trace index")
+        try:
+            self._conn.executescript(SCHEMA)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot create the trace index tables in {self.path}: {exc}") from None
+
+    def upsert(self, records: Sequence[dict[str, Any]], *, fresh: bool = False) -> None:
+        """Insert or replace records.  ``fresh``: none of them was written before (the
+        common case of a deferred write), so there are no old segment/tag rows to remove."""
+        rows, segments, tags = [], [], []
+        for r in records:
+            first_at = _ts(r["first_at"])
+            rows.append(
+                (r["reference"], r["key"], r["state"], first_at, _ts(r["last_at"]), int(r["duration"]),
+                 _ts(r["expires_at"]), r.get("trace_id"), _encode(r))
+            )
+            segments.extend((s, first_at, r["reference"]) for s in r["segments"])
+            tags.extend((t, first_at, r["reference"]) for t in r["tags"])
+        refs = [(r["reference"],) for r in records]
+        with self._lock:
+            try:
+                c = self._conn
+                c.execute("BEGIN")
+                c.executemany(
+                    "INSERT INTO trifle_traces (reference, key, state, first_at, last_at, duration, expires_at,"
+                    " trace_id, record) VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT(reference) DO UPDATE SET"
+                    " key=excluded.key, state=excluded.state, first_at=excluded.first_at,"
+                    " last_at=excluded.last_at, duration=excluded.duration, expires_at=excluded.expires_at,"
+                    " trace_id=excluded.trace_id, record=excluded.record",
+                    rows,
+                )
+                if not fresh:
+                    c.executemany("DELETE FROM trifle_traces_segments WHERE reference = ?", refs)
+                    c.executemany("DELETE FROM trifle_traces_tags WHERE reference = ?", refs)
+                c.executemany("INSERT OR IGNORE INTO trifle_traces_segments VALUES (?,?,?)", segments)
+                c.executemany("INSERT OR IGNORE INTO trifle_traces_tags VALUES (?,?,?)", tags)
+                c.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise StoreError(f"cannot write to the trace index {self.path}: {exc}") from None
+
+    def delete(self, references: Sequence[str]) -> None:
+        refs = [(r,) for r in references]
+        with self._lock:
+            c = self._conn
+            c.execute("BEGIN")
+            for table in ("trifle_traces", "trifle_traces_segments", "trifle_traces_tags"):
+                c.executemany(f"DELETE FROM {table} WHERE reference = ?", refs)
+            c.execute("COMMIT")
+
+    def get(self, reference: str) -> dict[str, Any] | None:
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT record FROM trifle_traces WHERE reference >= ? AND reference < ? LIMIT 2",
+                (reference, reference + "\uffff"),
+            ).fetchall()
+        if len(rows) != 1:
+            exact = [r for r in rows if json.loads(r[0])["reference"] == reference]
+            rows = exact if len(exact) == 1 else []
+        return decode_record(rows[0][0]) if rows else None
+
+    def query_plan(self, query: TraceQuery) -> list[str]:
+        sql, params = self._sql(query)
+        with self._lock:
+            return [row[-1] for row in self._conn.execute("EXPLAIN QUERY PLAN " + sql, params)]
+
+    def search(self, query: TraceQuery) -> Page:
+        sql, params = self._sql(query)
+        with self._lock:
+            rows = self._conn.execute(sql, params).fetchall()
+        records = [decode_record(r[0]) for r in rows[: query.limit]]
+        cursor = None
+        if len(rows) > query.limit:
+            last = rows[query.limit - 1]
+            cursor = encode_cursor(last[1], last[2])
+        return Page(records, cursor)
+
+    def _sql(self, q: TraceQuery) -> tuple[str, list[Any]]:
+        params: list[Any] = []
+        where: list[str] = []
+        tags_all = list(q.tags_all)
+        if q.key:
+            drive = "s"
+            src = "trifle_traces_segments s JOIN trifle_traces t ON t.reference = s.reference"
+            where.append("s.segment = ?")
+            params.append(q.key.strip("/"))
+        elif tags_all or len(q.tags_any) == 1:
+            drive = "g"
+            src = "trifle_traces_tags g JOIN trifle_traces t ON t.reference = g.reference"
+            where.append("g.tag = ?")
+            params.append(tags_all.pop(0) if tags_all else q.tags_any[0])
+        else:
+            drive = "t"
+            src = "trifle_traces t"
+        if q.states:
+            where.append(f"t.state IN ({','.join('?' * len(q.states))})")
+            params.extend(q.states)
+        for tag in tags_all:
+            where.append(
+                "EXISTS (SELECT 1 FROM trifle_traces_tags x WHERE x.tag = ? AND x.first_at = t.first_at"
+                " AND x.reference = t.reference)"
+            )
+            params.append(tag)
+        if q.tags_any and not (drive == "g" and len(q.tags_any) == 1 and not q.tags_all):
+            where.append(
+                f"EXISTS (SELECT 1 FROM trifle_traces_tags x WHERE x.tag IN ({','.join('?' * len(q.tags_any))})"
+                " AND x.first_at = t.first_at AND x.reference = t.reference)"
+            )
+            params.extend(q.tags_any)
+        if q.since is not None:
+            where.append(f"{drive}.first_at >= ?")
+            params.append(_ts(q.since))
+        if q.until is not None:
+            where.append(f"{drive}.first_at < ?")
+            params.append(_ts(q.until))
+        if q.min_duration is not None:
+            where.append("t.duration >= ?")
+            params.append(q.min_duration)
+        if q.stuck_before is not None:
+            where.append("t.state = 'running' AND t.first_at < ?")
+            params.append(_ts(q.stuck_before))
+        if q.cursor:
+            first_at, reference = decode_cursor(q.cursor)
+            where.append(f"({drive}.first_at, {drive}.reference) < (?, ?)")
+            params.extend([first_at, reference])
+        sql = f"SELECT t.record, {drive}.first_at, {drive}.reference FROM {src}"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += f" ORDER BY {drive}.first_at DESC, {drive}.reference DESC LIMIT ?"
+        params.append(q.limit + 1)
+        return sql, params
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)

@@ -1,0 +1,355 @@
+"""Translation of one execution into a Trifle::Traces 2.x document: index record + lines.
+
+Pure functions over the neutral model: no I/O, no clocks (``now_ns`` is passed in).
+
+Reading of OTel (PRODUCT §3): a child span is a begin line ``"<name> ↴"`` at level L, its
+content (events and child spans, in time order) at L+1, an end line ``"<name> ↵"`` (state
+``error`` when the span failed) and, when the span carries a result, a raw line
+``"↳ <result>"``.  The local root's content is at level 0.  Values over the payload limit
+become artifacts referenced by a ``media`` line.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any, Iterable
+
+from . import conventions as cv
+from .config import Config
+from .model import Event, Execution, Span
+from .paths import compile_template
+
+BEGIN = " \u21b4"  # ↴
+END = " \u21b5"  # ↵
+RESULT = "\u21b3 "  # ↳
+
+MAX_META_KEYS = 200
+MAX_META_VALUE = 4096  # bytes; longer meta values go to an artifact (the record stays small)
+MAX_KEY_LENGTH = 256
+MAX_TAGS = 100
+MAX_TAG_LENGTH = 256
+
+_CONTEXT_PREFIXES = ("service.", "deployment.", "host.", "k8s.", "container.", "cloud.", "process.pid")
+
+
+@dataclass(slots=True)
+class Document:
+    record: dict[str, Any]
+    lines: list[dict[str, Any]]
+    parts: list[list[dict[str, Any]]]
+    artifacts: list[tuple[str, bytes]] = field(default_factory=list)
+    ignored: bool = False
+
+    @property
+    def reference(self) -> str:
+        return self.record["reference"]
+
+
+def segments_of(key: str) -> list[str]:
+    """``a/b/c`` → ``[a, a/b, a/b/c]``: every prefix, so a key prefix search is an index lookup."""
+    pieces = key.split("/")
+    return ["/".join(pieces[: i + 1]) for i in range(len(pieces))]
+
+
+def clean_key(key: str) -> str:
+    key = re.sub(r"/+", "/", key.strip()).strip("/")
+    return key[:MAX_KEY_LENGTH] or "unnamed"
+
+
+def to_datetime(ns: int) -> datetime:
+    return datetime.fromtimestamp(ns // 1_000_000_000, timezone.utc).replace(
+        microsecond=(ns // 1000) % 1_000_000
+    )
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (tuple, list)):
+        value = list(value)
+    try:
+        return json.dumps(value, ensure_ascii=False, default=str)
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+def _json_attrs(attrs: dict[str, Any]) -> str:
+    return json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in attrs.items()}, ensure_ascii=False, default=str)
+
+
+class Translator:
+    """Compiled once from the configuration; ``translate`` is called per execution."""
+
+    def __init__(self, config: Config, bucket_name: str = "") -> None:
+        self.config = config
+        self.bucket_name = bucket_name
+        self._key_template = compile_template(config.key_template) if config.key_template else None
+        self._tag_attributes = tuple(config.tag_attributes)
+        self._meta_filter = set(config.meta_attributes) if config.meta_attributes is not None else None
+        self._limit = config.payload_size_limit
+        self._meta_limit = min(MAX_META_VALUE, config.payload_size_limit)
+
+    # -- public ------------------------------------------------------------------------
+
+    def key_of(self, root: Span) -> str:
+        if self._key_template is not None:
+            key = self._key_template(root)
+            if key:
+                return clean_key(key)
+        for attr in (cv.KEY, *self.config.key_attributes):
+            value = root.attributes.get(attr)
+            if value:
+                return clean_key(str(value))
+        return clean_key(root.name)
+
+    def translate(self, execution: Execution, now_ns: int) -> Document:
+        root = execution.root
+        spans = execution.spans
+        ignored = _is_ignored(root, spans)
+        reference = execution.reference
+        lines: list[dict[str, Any]] = []
+        builder = _LineBuilder(lines)
+        builder.content(root, _children_by_parent(root, spans), level=0)
+        builder.outcome(root, level=0)
+        artifacts = self._offload(lines)
+
+        state = _state_of(root, spans, running=execution.running)
+        end_ns = root.end_ns if root.end_ns is not None else max(now_ns, root.start_ns)
+        first_at = to_datetime(root.start_ns)
+        key = self.key_of(root)
+        meta, meta_artifacts = self._meta(root)
+        artifacts.extend(meta_artifacts)
+        part_size = self.config.part_size
+        parts = [lines[i : i + part_size] for i in range(0, len(lines), part_size)]
+        record = {
+            "reference": reference,
+            "key": key,
+            "segments": segments_of(key),
+            "tags": self._tags(root, spans),
+            "state": state,
+            "meta": meta,
+            "context": _context(root),
+            "duration": round((end_ns - root.start_ns) / 1e6),
+            "counters": counters_of(lines),
+            "length": len(lines),
+            "parts": len(parts),
+            "first_at": first_at,
+            "last_at": to_datetime(end_ns),
+            "retention": self.config.retention_days,
+            "expires_at": first_at + timedelta(days=self.config.retention_days),
+            "bucket_name": self.bucket_name,
+            "trace_id": root.trace_id,
+            "span_id": root.span_id,
+            "name": root.name,
+            "service": str(root.resource.get("service.name", "")),
+            "links": _links(root),
+        }
+        return Document(record, lines, parts, artifacts, ignored)
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _offload(self, lines: list[dict[str, Any]]) -> list[tuple[str, bytes]]:
+        artifacts = []
+        limit = self._limit
+        for index, line in enumerate(lines):
+            message = line["message"]
+            if len(message) * 4 <= limit:  # cannot exceed the limit even at 4 bytes a char
+                continue
+            data = message.encode("utf-8", "replace")
+            if len(data) <= limit:
+                continue
+            name = f"part_row_{index + 1}.txt"
+            artifacts.append((name, data))
+            line["message"] = name
+            line["type"] = "media"
+            line["size"] = len(data)
+        return artifacts
+
+    def _meta(self, root: Span) -> tuple[dict[str, Any], list[tuple[str, bytes]]]:
+        meta: dict[str, Any] = {}
+        artifacts: list[tuple[str, bytes]] = []
+        dropped = 0
+        for key, value in root.attributes.items():
+            if key.startswith(cv.PREFIX) or (self._meta_filter is not None and key not in self._meta_filter):
+                continue
+            if len(meta) >= MAX_META_KEYS:
+                dropped += 1
+                continue
+            if isinstance(value, tuple):
+                value = list(value)
+            text = value if isinstance(value, str) else None
+            size = len(text.encode("utf-8", "replace")) if text is not None else len(_text(value).encode())
+            if size > self._meta_limit:
+                name = f"meta_{len(artifacts) + 1}.txt"
+                artifacts.append((name, (text if text is not None else _text(value)).encode("utf-8", "replace")))
+                value = {"artifact": name, "size": size}
+            meta[key] = value
+        if dropped:
+            meta["trifle.dropped_meta"] = dropped
+        return meta, artifacts
+
+    def _tags(self, root: Span, spans: list[Span]) -> list[str]:
+        tags: set[str] = set()
+        for span in (root, *spans):
+            attrs = span.attributes
+            for attr in self._tag_attributes:
+                value = attrs.get(attr)
+                if value is not None and value != "":
+                    tags.add(f"{attr}:{value}")
+            explicit = attrs.get(cv.TAGS)
+            if explicit:
+                tags.update(_strings(explicit))
+            for event in span.events:
+                if event.name == cv.EVENT_TAG:
+                    tags.update(_strings(event.attributes.get("tags")))
+        return sorted(t[:MAX_TAG_LENGTH] for t in tags if t)[:MAX_TAGS]
+
+
+def _strings(value: Any) -> Iterable[str]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    return (str(v) for v in value)
+
+
+def _is_ignored(root: Span, spans: list[Span]) -> bool:
+    for span in (root, *spans):
+        if span.attributes.get(cv.IGNORE):
+            return True
+        if any(e.name == cv.EVENT_IGNORE for e in span.events):
+            return True
+    return False
+
+
+def _state_of(root: Span, spans: list[Span], *, running: bool) -> str:
+    """Trifle semantics: the last explicit fail/warn/success wins; a failed root is an error.
+
+    A failed child span marks its own lines, not the execution (the job may have handled it).
+    """
+    if running:
+        return "running"
+    if root.status == "error":
+        return "error"
+    latest: tuple[int, str] | None = None
+    for span in (root, *spans):
+        state = span.attributes.get(cv.STATE)
+        if state in ("success", "warning", "error"):
+            at = span.end_ns or span.start_ns
+            if latest is None or at >= latest[0]:
+                latest = (at, state)
+        for event in span.events:
+            state = cv.STATE_EVENTS.get(event.name)
+            if state is not None and (latest is None or event.time_ns >= latest[0]):
+                latest = (event.time_ns, state)
+    return latest[1] if latest else "success"
+
+
+def _context(root: Span) -> dict[str, Any]:
+    return {k: v for k, v in root.resource.items() if k.startswith(_CONTEXT_PREFIXES)}
+
+
+def _links(root: Span) -> list[dict[str, str]]:
+    links = []
+    if root.parent_span_id is not None:
+        links.append({"type": "parent", "trace_id": root.trace_id, "span_id": root.parent_span_id})
+    for link in root.links:
+        links.append({"type": "link", "trace_id": link.trace_id, "span_id": link.span_id})
+    return links
+
+
+def counters_of(lines: list[dict[str, Any]]) -> dict[str, Any]:
+    states = {"success": 0, "warning": 0, "error": 0, "debug": 0}
+    types = {"text": 0, "head": 0, "raw": 0, "media": 0}
+    max_level = 0
+    for line in lines:
+        state = line["state"]
+        if state in states:
+            states[state] += 1
+        kind = line["type"]
+        if kind in types:
+            types[kind] += 1
+        if line["level"] > max_level:
+            max_level = line["level"]
+    return {"states": states, "types": types, "max_level": max_level}
+
+
+def _children_by_parent(root: Span, spans: list[Span]) -> dict[str, list[Span]]:
+    known = {root.span_id}
+    known.update(s.span_id for s in spans)
+    children: dict[str, list[Span]] = {}
+    for span in spans:
+        parent = span.parent_span_id if span.parent_span_id in known else root.span_id
+        children.setdefault(parent, []).append(span)
+    return children
+
+
+class _LineBuilder:
+    __slots__ = ("lines",)
+
+    def __init__(self, lines: list[dict[str, Any]]) -> None:
+        self.lines = lines
+
+    def add(self, ns: int, message: str, level: int, state: str = "success", kind: str = "text") -> dict[str, Any]:
+        line = {"at": ns // 1_000_000_000, "message": message, "state": state, "type": kind, "level": level, "ns": ns}
+        self.lines.append(line)
+        return line
+
+    def content(self, span: Span, children: dict[str, list[Span]], level: int) -> None:
+        """Lines for what happened inside ``span``: its events and child spans, in time order."""
+        items: list[tuple[int, int, Any]] = [(e.time_ns, 0, e) for e in span.events]
+        items.extend((c.start_ns, 1, c) for c in children.get(span.span_id, ()))
+        items.sort(key=lambda item: (item[0], item[1]))
+        for _, is_span, item in items:
+            if is_span:
+                self.span(item, children, level)
+            else:
+                self.event(item, level)
+
+    def span(self, span: Span, children: dict[str, list[Span]], level: int) -> None:
+        head = "head" if span.attributes.get(cv.HEAD) else "text"
+        self.add(span.start_ns, span.name + BEGIN, level, "success", head)["span_id"] = span.span_id
+        self.content(span, children, level + 1)
+        end_ns = span.end_ns if span.end_ns is not None else span.start_ns
+        line = self.add(end_ns, span.name + END, level, "error" if span.status == "error" else "success")
+        line["span_id"] = span.span_id
+        line["duration"] = round((end_ns - span.start_ns) / 1e6, 3)
+        self.outcome(span, level)
+
+    def outcome(self, span: Span, level: int) -> None:
+        """The failure message (when no exception event said it) and the result of an ended span."""
+        if span.end_ns is None:
+            return
+        if span.status == "error" and span.status_message and not any(
+            e.name == cv.EVENT_EXCEPTION for e in span.events
+        ):
+            self.add(span.end_ns, span.status_message, level, state="error")
+        result = span.attributes.get(cv.RESULT)
+        if result is not None:
+            self.add(span.end_ns, RESULT + _text(result), level, kind="raw")
+
+    def event(self, event: Event, level: int) -> None:
+        name, attrs, ns = event.name, event.attributes, event.time_ns
+        if name == cv.EVENT_EXCEPTION:
+            kind = attrs.get("exception.type") or "Exception"
+            message = attrs.get("exception.message") or ""
+            self.add(ns, f"{kind}: {message}" if message else str(kind), level, state="error")
+            stack = attrs.get("exception.stacktrace")
+            if stack:
+                self.add(ns, str(stack), level, state="error", kind="raw")
+            return
+        if name in cv.STATE_EVENTS:
+            message = attrs.get("message")
+            if message:
+                self.add(ns, str(message), level, state=cv.STATE_EVENTS[name])
+            return
+        if name in (cv.EVENT_IGNORE, cv.EVENT_TAG):
+            return
+        state = attrs.get(cv.STATE)
+        self.add(ns, name, level, state=state if state in cv.LINE_STATES else "success")
+        rest = {k: v for k, v in attrs.items() if k != cv.STATE}
+        if rest:
+            self.add(ns, _json_attrs(rest), level, kind="raw")

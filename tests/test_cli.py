@@ -1,0 +1,124 @@
+"""The trifle-otel command: demo, traces list/show, JSON shapes and error messages."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from trifle_otel.cli import main
+
+BIN = Path(sys.executable).parent / "trifle-otel"
+
+
+def run(*args, env=None):
+    result = CliRunner().invoke(main, list(args), env=env, catch_exceptions=False)
+    return result
+
+
+@pytest.fixture(scope="module")
+def demo_home(tmp_path_factory):
+    """The README's first command, as a user runs it: the installed console script."""
+    home = tmp_path_factory.mktemp("demo") / ".trifle"
+    env = {**os.environ, "TRIFLE_OTEL_HOME": str(home)}
+    proc = subprocess.run([str(BIN), "demo", "--jobs", "60"], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "trifle-otel traces list" in proc.stdout
+    return home
+
+
+def list_json(home, *args):
+    result = run("traces", "list", "--json", "--home", str(home), *args)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
+def test_demo_writes_success_warning_error_and_running_executions(demo_home):
+    out = list_json(demo_home, "--limit", "1000")
+    assert set(out) == {"records", "next_cursor"} and out["next_cursor"] is None
+    states = {r["state"] for r in out["records"]}
+    assert {"success", "warning", "error", "running"} <= states
+    keys = {r["key"] for r in out["records"]}
+    assert keys == {"prices/calculate", "products/refresh", "reports/nightly_export"}
+    r = out["records"][0]
+    assert r["first_at"].endswith("Z") and isinstance(r["duration"], int)
+
+
+def test_show_a_calculation_with_nested_lines_raw_results_and_a_media_line(demo_home):
+    records = list_json(demo_home, "--key", "prices/calculate", "--limit", "1000")["records"]
+    with_media = [r for r in records if r["counters"]["types"]["media"]]
+    assert with_media, "the demo stores one large payload as an artifact"
+    result = run("traces", "show", with_media[0]["reference"][:16], "--json", "--home", str(demo_home))
+    assert result.exit_code == 0, result.output
+    shown = json.loads(result.output)
+    assert set(shown) >= {"record", "lines"}
+    lines = shown["lines"]
+    assert max(l["level"] for l in lines) >= 1
+    assert any(l["type"] == "raw" and l["message"].startswith("↳ ") for l in lines)
+    media = [l for l in lines if l["type"] == "media"]
+    assert media and media[0]["size"] > 102_400
+    body = run("traces", "show", shown["record"]["reference"], "--artifact", media[0]["message"], "--home", str(demo_home))
+    assert body.exit_code == 0 and len(body.output.encode()) == media[0]["size"]
+
+    deep = max(records, key=lambda r: r["counters"]["max_level"])
+    assert deep["counters"]["max_level"] >= 1
+    text = run("traces", "show", deep["reference"], "--home", str(demo_home)).output
+    assert "Computing margin ↴" in text or "Fetching offers from" in text
+    assert "↳" in text
+
+
+def test_list_filters_and_table(demo_home):
+    errors = list_json(demo_home, "--state", "error", "--limit", "1000")["records"]
+    assert errors and all(r["state"] == "error" for r in errors)
+    acme = list_json(demo_home, "--tag", "customer.id:acme", "--limit", "1000")["records"]
+    assert acme and all("customer.id:acme" in r["tags"] for r in acme)
+    page = list_json(demo_home, "--limit", "5")
+    assert len(page["records"]) == 5 and page["next_cursor"]
+    following = list_json(demo_home, "--limit", "5", "--cursor", page["next_cursor"])["records"]
+    assert not {r["reference"] for r in following} & {r["reference"] for r in page["records"]}
+    table = run("traces", "list", "--home", str(demo_home), "--key", "products")
+    assert table.exit_code == 0 and "products/refresh" in table.output
+    slow = list_json(demo_home, "--min-duration", "20", "--limit", "1000")["records"]
+    assert all(r["duration"] >= 20 for r in slow)
+    assert list_json(demo_home, "--since", "2000-01-01T00:00:00Z", "--until", "1h")["records"] == []
+
+
+def test_unknown_reference(tmp_path):
+    result = run("traces", "show", "deadbeef", "--home", str(tmp_path))
+    assert result.exit_code == 1
+    assert "no execution with reference 'deadbeef'" in result.output and "traces list" in result.output
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--index-url", "postgres://x/y"], "trace index URL 'postgres://x/y' is not supported"),
+        (["--since", "yesterday-ish"], "--since 'yesterday-ish' is not a time"),
+        (["--cursor", "%%%"], "cursor '%%%' is not valid"),
+        (["--config", "missing.yaml"], "config file missing.yaml does not exist"),
+    ],
+)
+def test_bad_input_is_one_clear_line(tmp_path, args, message):
+    result = run("traces", "list", "--home", str(tmp_path), *args)
+    assert result.exit_code == 1
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_unwritable_store_directory(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    result = run("traces", "list", "--home", str(blocker / "store"))
+    assert result.exit_code == 1
+    assert "cannot open the trace index database" in result.output and "writable" in result.output
+
+
+def test_console_script_reports_errors_without_traceback(tmp_path):
+    proc = subprocess.run([str(BIN), "traces", "show", "nope", "--home", str(tmp_path)], capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("error: no execution with reference 'nope'")
