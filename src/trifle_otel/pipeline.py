@@ -18,11 +18,13 @@ from collections import OrderedDict, deque
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Sequence
 
+from . import lifecycle
 from .assembly import Assembler
 from .config import Config
 from .errors import TrifleError
 from .model import Execution, Span
 from .sinks import TraceSink
+from .stats.sink import ExecutionStats
 from .stores import open_data, open_index
 from .translate import Document, Translator
 
@@ -67,6 +69,7 @@ class Pipeline:
         *,
         convert: Callable[[Any], Span] | None = None,
         sink_factory: Callable[[], TraceSink] | None = None,
+        stats: ExecutionStats | None = None,
         wake_at: int = 512,
     ) -> None:
         self.config = config
@@ -79,8 +82,11 @@ class Pipeline:
         self._sink_factory = sink_factory or self._default_sink
         self._sink: TraceSink | None = None
         self.translator = Translator(config)
+        # Rules are compiled here, when the configuration loads: a broken rule is refused now.
+        self.execution_stats = ExecutionStats(config) if stats is None else stats
         self._init_state()
         _pipelines.add(self)
+        lifecycle.register(self)
         self._start_worker()
 
     # -- ingest side (any thread) -------------------------------------------------------
@@ -88,7 +94,7 @@ class Pipeline:
     def submit(self, item: Any) -> None:
         """Append one intake item without blocking; count it as dropped when full."""
         intake = self.intake
-        if len(intake) >= self.max_queue:
+        if len(intake) >= self.max_queue or self._stopped:
             self.counters.spans_dropped += 1
             return
         intake.append(item)
@@ -96,7 +102,7 @@ class Pipeline:
             self.wake.set()
 
     def submit_many(self, spans: Sequence[Any]) -> None:
-        room = self.max_queue - len(self.intake)
+        room = 0 if self._stopped else self.max_queue - len(self.intake)
         if room < len(spans):
             self.counters.spans_dropped += len(spans) - max(room, 0)
             spans = spans[: max(room, 0)]
@@ -121,10 +127,12 @@ class Pipeline:
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(timeout)
         _pipelines.discard(self)
+        lifecycle.unregister(self)
 
     def stats(self) -> dict[str, int]:
         out = asdict(self.counters)
         out.update({f"assembly_{k}": v for k, v in asdict(self.assembler.counters).items()})
+        out.update({f"stats_{k}": v for k, v in self.execution_stats.buffer.stats().items()})
         out["queued"] = len(self.intake)
         out["retry_buffer"] = len(self._retry)
         return out
@@ -156,6 +164,9 @@ class Pipeline:
         if self._sink is not None:
             _inherited.append(self._sink)
         self._sink = None  # connections opened by the parent must not be shared
+        # Buffered stats belong to the parent, which writes them; locks may be held there.
+        _inherited.append(self.execution_stats)
+        self.execution_stats = ExecutionStats(self.config, self.execution_stats.rules)
         was_stopped = self._stopped
         self._init_state()
         self._stopped = was_stopped
@@ -207,6 +218,10 @@ class Pipeline:
             documents.append(doc)
         live_docs = self._live_documents(now_ns, final)
         self._write(documents, live_docs, final=final)
+        if ignore_grace or final:
+            self.execution_stats.flush()
+        else:
+            self.execution_stats.flush_if_due()
 
     def _drain(self) -> None:
         intake = self.intake
@@ -237,6 +252,12 @@ class Pipeline:
             return None
 
     def _notify(self, execution: Execution, doc: Document) -> None:
+        if self.execution_stats.enabled:
+            try:
+                self.execution_stats.observe(execution, doc)
+            except Exception:
+                self.counters.processor_errors += 1
+                logger.exception("stats rules failed on execution %s", doc.reference)
         for observer in self.observers:
             try:
                 observer(execution, doc)
@@ -327,6 +348,7 @@ class Pipeline:
             logger.debug("cannot discard ignored execution %s", doc.reference, exc_info=True)
 
     def _close(self) -> None:
+        self.execution_stats.close()
         sink = self._sink
         if sink is not None:
             for store in (sink.index, sink.data):

@@ -1,0 +1,205 @@
+"""The stats buffer: increments coalesced in memory, written as one bulk write per flush.
+
+Same (key, granularity, bucket) → values summed (floats stay floats), so the store writes
+per flush grow with the distinct buckets touched, not with the number of tracks.  A failed
+flush puts its increments back (summed with what came meanwhile) and is retried; past
+``max_buckets`` distinct buckets new increments are dropped and counted, so an outage
+cannot grow memory without bound.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any, Iterable, Mapping
+
+from .drivers import StatsDriver
+from .granularity import Floor, Granularity
+from .identifier import SYSTEM_KEY
+from .values import flatten, flatten_any, sanitize_name
+
+logger = logging.getLogger("trifle_otel")
+
+Bucket = tuple[str, str, int]
+
+
+@dataclass
+class BufferCounters:
+    tracks: int = 0
+    flushes: int = 0
+    writes: int = 0
+    write_errors: int = 0
+    dropped: int = 0
+
+
+def epoch_seconds(at: datetime | float | int) -> float:
+    if isinstance(at, datetime):
+        if at.tzinfo is None:
+            raise ValueError("naive datetime: give stats times with a time zone (e.g. datetime.now(timezone.utc))")
+        return at.timestamp()
+    return float(at)
+
+
+class StatsBuffer:
+    def __init__(
+        self,
+        driver: StatsDriver,
+        granularities: Iterable[Granularity],
+        floor: Floor,
+        *,
+        system_tracking: bool = True,
+        flush_interval: float = 1.0,
+        flush_size: int = 10_000,
+        max_buckets: int = 200_000,
+        thread: bool = False,
+    ) -> None:
+        self.driver = driver
+        self.granularities = tuple(granularities)
+        self.floor = floor
+        self.system_tracking = system_tracking
+        self.flush_interval = flush_interval
+        self.flush_size = flush_size
+        self.max_buckets = max_buckets
+        self.counters = BufferCounters()
+        self._inc: dict[Bucket, dict[str, Any]] = {}
+        self._set: dict[Bucket, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+        self._flush_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stopped = False
+        self._last_flush = time.monotonic()
+        self._thread: threading.Thread | None = None
+        if thread:
+            self._thread = threading.Thread(target=self._run, name="trifle-otel-stats", daemon=True)
+            self._thread.start()
+
+    # -- writing -----------------------------------------------------------------------
+
+    def track(self, key: str, at: datetime | float, values: Mapping[str, Any]) -> None:
+        """Add nested numeric ``values`` to ``key`` in the bucket of ``at`` at every granularity."""
+        self.track_flat(key, epoch_seconds(at), flatten(values))
+
+    def track_flat(self, key: str, ts: float, flat: Mapping[str, Any], count: int = 1) -> None:
+        if not flat:
+            return
+        bucket_of = self.floor.bucket
+        system_key = "keys." + sanitize_name(key)
+        with self._lock:
+            self.counters.tracks += 1
+            inc = self._inc
+            for g in self.granularities:
+                at = bucket_of(ts, g)
+                ident = (key, g.text, at)
+                values = inc.get(ident)
+                if values is None:
+                    if len(inc) >= self.max_buckets:
+                        self.counters.dropped += 1
+                        continue
+                    values = inc[ident] = {}
+                for path, value in flat.items():
+                    values[path] = values.get(path, 0) + value
+                if self.system_tracking:
+                    ident = (SYSTEM_KEY, g.text, at)
+                    system = inc.get(ident)
+                    if system is None:
+                        system = inc[ident] = {}
+                    system["count"] = system.get("count", 0) + count
+                    system[system_key] = system.get(system_key, 0) + count
+            full = len(inc) >= self.flush_size
+        if full and self._thread is not None:
+            self._wake.set()
+
+    def assert_(self, key: str, at: datetime | float, values: Mapping[str, Any]) -> None:
+        """Set ``values`` in the buckets of ``at`` (the latest assert wins)."""
+        ts = epoch_seconds(at)
+        flat = flatten_any(values)
+        with self._lock:
+            for g in self.granularities:
+                bucket = self.floor.bucket(ts, g)
+                self._set.setdefault((key, g.text, bucket), {}).update(flat)
+                if self.system_tracking:
+                    system = self._inc.setdefault((SYSTEM_KEY, g.text, bucket), {})
+                    system["count"] = system.get("count", 0) + 1
+                    path = "keys." + sanitize_name(key)
+                    system[path] = system.get(path, 0) + 1
+
+    @property
+    def pending(self) -> int:
+        return len(self._inc) + len(self._set)
+
+    def flush(self) -> int:
+        """Write everything buffered (one bulk write); returns the buckets written."""
+        with self._flush_lock:
+            with self._lock:
+                inc, self._inc = self._inc, {}
+                sets, self._set = self._set, {}
+            self._last_flush = time.monotonic()
+            if not inc and not sets:
+                return 0
+            self.counters.flushes += 1
+            try:
+                if inc:
+                    self.driver.inc([(k, g, at, v) for (k, g, at), v in inc.items()])
+                    inc = {}
+                if sets:
+                    self.driver.set([(k, g, at, v) for (k, g, at), v in sets.items()])
+            except Exception as exc:
+                self.counters.write_errors += 1
+                self._put_back(inc, sets)
+                logger.warning("trifle-otel cannot write stats (%s); %d buckets kept for retry", exc, self.pending)
+                raise
+            written = len(inc) + len(sets)
+            self.counters.writes += written
+            return written
+
+    def flush_if_due(self) -> None:
+        if self.pending and (
+            time.monotonic() - self._last_flush >= self.flush_interval or self.pending >= self.flush_size
+        ):
+            try:
+                self.flush()
+            except Exception:
+                pass  # counted and kept; retried on the next call
+
+    def _put_back(self, inc: dict[Bucket, dict[str, Any]], sets: dict[Bucket, dict[str, Any]]) -> None:
+        with self._lock:
+            for ident, values in inc.items():
+                current = self._inc.get(ident)
+                if current is None:
+                    if len(self._inc) >= self.max_buckets:
+                        self.counters.dropped += 1
+                        continue
+                    self._inc[ident] = values
+                else:
+                    for path, value in values.items():
+                        current[path] = current.get(path, 0) + value
+            for ident, values in sets.items():
+                self._set[ident] = {**values, **self._set.get(ident, {})}
+
+    # -- background flushing -------------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._stopped:
+            self._wake.wait(self.flush_interval)
+            self._wake.clear()
+            try:
+                self.flush()
+            except Exception:
+                time.sleep(min(self.flush_interval, 1.0))
+
+    def shutdown(self) -> None:
+        """Stop the flush thread and write what is left."""
+        self._stopped = True
+        self._wake.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(10)
+        try:
+            self.flush()
+        except Exception:
+            pass
+
+    def stats(self) -> dict[str, int]:
+        return {**asdict(self.counters), "pending": self.pending}

@@ -1,0 +1,411 @@
+"""Stat rules: YAML that turns span attributes into ``track(key, at, values)`` increments.
+
+A rules file is compiled once; every mistake is refused at load with the rule's name and
+what is wrong.  Nothing in it is executed as code: conditions and values are a small
+OTel-Collector-flavoured path syntax, compiled into closures::
+
+    rules:
+      - name: price calculations
+        where:
+          - name == "run/pricing.calculate_price"
+          - attributes["customer.id"] != nil
+        keys:
+          - prices/calculations
+          - prices/calculations/customer/{attributes["customer.id"]}
+        values:
+          count: 1                                  # a constant
+          price: attributes["price"]                # a numeric attribute (skipped if missing)
+          duration: {triple: duration}              # {count, sum, square}
+          codes: {map: attributes["result.code"]}   # {<value>: 1}
+          margin: {distribution: attributes["margin"], linear: {start: 0, step: 0.05, count: 6}}
+
+Paths: ``name``, ``kind``, ``status.code``, ``status.message``, ``duration`` (ms),
+``attributes["..."]``, ``resource.attributes["..."]``, ``scope.name`` and, for spans of a
+finished execution, ``execution.state`` and ``execution.key``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import operator
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+import yaml
+
+from ..errors import ConfigError
+from ..model import Span
+from ..paths import compile_path
+from .values import is_number, sanitize_name
+
+Context = Mapping[str, Any]
+Getter = Callable[[Span, Context], Any]
+Emitter = Callable[[Span, Context, str, dict[str, Any]], None]
+
+RULE_FIELDS = ("name", "where", "keys", "values", "at", "description")
+_CONDITION = re.compile(
+    r"^\s*(?P<path>.+?)\s+(?P<op>==|!=|<=|>=|<|>|not\s+in|in|matches|not\s+matches)\s+(?P<value>.+?)\s*$"
+)
+_PLACEHOLDER = re.compile(r"\{([^{}]+)\}")
+
+
+class RuleError(ConfigError):
+    pass
+
+
+@dataclass
+class Rule:
+    name: str
+    conditions: list[Callable[[Span, Context], bool]]
+    keys: list[Callable[[Span, Context], str | None]]
+    emit: Emitter
+    at_start: bool = False
+    explain: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Track:
+    rule: str
+    key: str
+    at: float  # epoch seconds
+    values: dict[str, Any]  # flat dotted paths
+
+
+def _path(rule: str, text: str) -> Getter:
+    text = str(text).strip()
+    if text == "execution.state":
+        return lambda span, ctx: ctx.get("state")
+    if text == "execution.key":
+        return lambda span, ctx: ctx.get("key")
+    try:
+        getter = compile_path(text)
+    except ConfigError as exc:
+        raise RuleError(f"rule {rule!r}: {exc} (or execution.state, execution.key)") from None
+    return lambda span, ctx: getter(span)
+
+
+def _literal(rule: str, text: str) -> Any:
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise RuleError(f"rule {rule!r}: cannot read the value {text!r} (quote strings: \"OK\")") from None
+    return value
+
+
+def _compare(a: Any, b: Any, op: Callable[[Any, Any], bool]) -> bool:
+    if a is None or b is None:
+        return False
+    if is_number(a) and is_number(b):
+        return op(a, b)
+    if isinstance(a, str) and isinstance(b, str):
+        return op(a, b)
+    return False
+
+
+def _condition(rule: str, text: Any) -> tuple[Callable[[Span, Context], bool], str]:
+    if not isinstance(text, str) or not text.strip():
+        raise RuleError(f"rule {rule!r}: each 'where' condition is a string like 'attributes[\"x\"] == \"y\"'")
+    match = _CONDITION.match(text)
+    if not match:  # a bare path: true when the value is present and truthy
+        get = _path(rule, text)
+        return (lambda span, ctx: bool(get(span, ctx))), f"{text.strip()} is set"
+    get = _path(rule, match.group("path"))
+    op = re.sub(r"\s+", " ", match.group("op"))
+    raw = match.group("value")
+    if op in ("matches", "not matches"):
+        pattern_text = _literal(rule, raw)
+        try:
+            pattern = re.compile(str(pattern_text))
+        except re.error as exc:
+            raise RuleError(f"rule {rule!r}: bad regular expression {pattern_text!r}: {exc}") from None
+        want = op == "matches"
+        return (lambda span, ctx: (isinstance(v := get(span, ctx), str) and bool(pattern.search(v))) == want), text.strip()
+    value = _literal(rule, raw)
+    if op in ("in", "not in"):
+        if not isinstance(value, list):
+            raise RuleError(f"rule {rule!r}: '{op}' needs a list, e.g. [\"ok\", \"unset\"] (got {raw!r})")
+        choices = set(str(v) if not is_number(v) else v for v in value)
+        want = op == "in"
+        return (lambda span, ctx: (get(span, ctx) in choices) == want), text.strip()
+    if op == "==":
+        if value is None:
+            return (lambda span, ctx: get(span, ctx) is None), text.strip()
+        return (lambda span, ctx: get(span, ctx) == value), text.strip()
+    if op == "!=":
+        if value is None:
+            return (lambda span, ctx: get(span, ctx) is not None), text.strip()
+        return (lambda span, ctx: get(span, ctx) != value), text.strip()
+    if not (is_number(value) or isinstance(value, str)):
+        raise RuleError(f"rule {rule!r}: '{op}' compares with a number or a string (got {raw!r})")
+    fn = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}[op]
+    return (lambda span, ctx: _compare(get(span, ctx), value, fn)), text.strip()
+
+
+def _key_template(rule: str, template: Any) -> Callable[[Span, Context], str | None]:
+    if not isinstance(template, str) or not template.strip():
+        raise RuleError(f"rule {rule!r}: each key is a non-empty string")
+    parts: list[Any] = []
+    pos = 0
+    for match in _PLACEHOLDER.finditer(template):
+        parts.append(template[pos : match.start()])
+        parts.append(_path(rule, match.group(1)))
+        pos = match.end()
+    parts.append(template[pos:])
+    if "{" in "".join(p for p in parts if isinstance(p, str)) or "}" in "".join(p for p in parts if isinstance(p, str)):
+        raise RuleError(f"rule {rule!r}: key {template!r} has an unmatched brace")
+
+    def render(span: Span, ctx: Context) -> str | None:
+        out = []
+        for part in parts:
+            if isinstance(part, str):
+                out.append(part)
+                continue
+            value = part(span, ctx)
+            if value is None or value == "":
+                return None  # this key does not apply to this span
+            out.append(str(value).replace("::", "_").replace("/", "_"))
+        return "".join(out)
+
+    return render
+
+
+def _number(rule: str, spec: Mapping[str, Any], name: str, *, positive: bool = False, integer: bool = False) -> float:
+    value = spec.get(name)
+    if not is_number(value) or (positive and value <= 0) or (integer and int(value) != value):
+        kind = "a positive whole number" if integer else ("a positive number" if positive else "a number")
+        raise RuleError(f"rule {rule!r}: distribution '{name}' must be {kind} (got {value!r})")
+    return value
+
+
+def _label(value: float) -> str:
+    text = f"{value:.10g}"
+    return sanitize_name(text)
+
+
+def _bounds(rule: str, spec: Mapping[str, Any]) -> list[float]:
+    kinds = [k for k in ("linear", "geometric", "bounds") if k in spec]
+    if len(kinds) != 1:
+        raise RuleError(f"rule {rule!r}: a distribution needs exactly one of linear, geometric or bounds")
+    kind = kinds[0]
+    if kind == "bounds":
+        bounds = spec["bounds"]
+        if not isinstance(bounds, list) or not bounds or not all(is_number(b) for b in bounds):
+            raise RuleError(f"rule {rule!r}: bounds must be a list of numbers")
+        if sorted(bounds) != bounds or len(set(bounds)) != len(bounds):
+            raise RuleError(f"rule {rule!r}: bounds must be increasing (got {bounds})")
+        return list(bounds)
+    params = spec[kind]
+    if not isinstance(params, Mapping):
+        raise RuleError(f"rule {rule!r}: {kind} takes start, {'step' if kind == 'linear' else 'factor'} and count")
+    count = int(_number(rule, params, "count", positive=True, integer=True))
+    if count > 1000:
+        raise RuleError(f"rule {rule!r}: a distribution has at most 1000 buckets (got {count})")
+    start = _number(rule, params, "start", positive=kind == "geometric")
+    if kind == "linear":
+        step = _number(rule, params, "step", positive=True)
+        return [start + i * step for i in range(count + 1)]
+    factor = _number(rule, params, "factor", positive=True)
+    if factor <= 1:
+        raise RuleError(f"rule {rule!r}: geometric factor must be greater than 1 (got {factor})")
+    return [start * factor**i for i in range(count + 1)]
+
+
+def _distribution(rule: str, spec: Mapping[str, Any]) -> Emitter:
+    extra = set(spec) - {"distribution", "linear", "geometric", "bounds"}
+    if extra:
+        raise RuleError(f"rule {rule!r}: unknown distribution setting(s) {', '.join(sorted(extra))}")
+    get = _path(rule, spec["distribution"])
+    bounds = _bounds(rule, spec)
+    labels = [_label(b) for b in bounds]
+    below, above = "lt_" + labels[0], "ge_" + labels[-1]
+
+    def emit(span: Span, ctx: Context, prefix: str, out: dict[str, Any]) -> None:
+        value = get(span, ctx)
+        if not is_number(value):
+            return
+        i = bisect.bisect_right(bounds, value)
+        label = below if i == 0 else (above if i == len(bounds) else labels[i - 1])
+        path = prefix + label
+        out[path] = out.get(path, 0) + 1
+
+    return emit
+
+
+def _values(rule: str, spec: Any, where: str) -> Emitter:
+    if isinstance(spec, bool) or spec is None:
+        raise RuleError(f"rule {rule!r}: value {where or 'values'} must be a number, a path or a mapping (got {spec!r})")
+    if is_number(spec):
+        constant = spec
+
+        def emit_constant(span: Span, ctx: Context, prefix: str, out: dict[str, Any]) -> None:
+            path = prefix[:-1]
+            out[path] = out.get(path, 0) + constant
+
+        return emit_constant
+    if isinstance(spec, str):
+        get = _path(rule, spec)
+
+        def emit_path(span: Span, ctx: Context, prefix: str, out: dict[str, Any]) -> None:
+            value = get(span, ctx)
+            if is_number(value):
+                path = prefix[:-1]
+                out[path] = out.get(path, 0) + value
+
+        return emit_path
+    if not isinstance(spec, Mapping) or not spec:
+        raise RuleError(f"rule {rule!r}: value {where or 'values'} must be a number, a path or a mapping (got {spec!r})")
+    if "triple" in spec:
+        if set(spec) != {"triple"}:
+            raise RuleError(f"rule {rule!r}: value {where}: 'triple' takes only a path")
+        get = _path(rule, spec["triple"])
+
+        def emit_triple(span: Span, ctx: Context, prefix: str, out: dict[str, Any]) -> None:
+            value = get(span, ctx)
+            if is_number(value):
+                for name, v in (("count", 1), ("sum", value), ("square", value * value)):
+                    path = prefix + name
+                    out[path] = out.get(path, 0) + v
+
+        return emit_triple
+    if "map" in spec:
+        extra = set(spec) - {"map", "value"}
+        if extra:
+            raise RuleError(f"rule {rule!r}: value {where}: 'map' takes only 'value' beside it (got {', '.join(sorted(extra))})")
+        get = _path(rule, spec["map"])
+        inner = _values(rule, spec.get("value", 1), where + ".<value>")
+
+        def emit_map(span: Span, ctx: Context, prefix: str, out: dict[str, Any]) -> None:
+            value = get(span, ctx)
+            if value is None or value == "":
+                return
+            inner(span, ctx, prefix + sanitize_name(value) + ".", out)
+
+        return emit_map
+    if "distribution" in spec:
+        return _distribution(rule, spec)
+    children = []
+    for name, child in spec.items():
+        clean = sanitize_name(name)
+        if clean != str(name):
+            raise RuleError(f"rule {rule!r}: value name {name!r} cannot contain '.', '\"' or start with '$' (use {clean!r})")
+        children.append((clean + ".", _values(rule, child, f"{where}.{clean}" if where else clean)))
+
+    def emit_group(span: Span, ctx: Context, prefix: str, out: dict[str, Any]) -> None:
+        for name, emit in children:
+            emit(span, ctx, prefix + name, out)
+
+    return emit_group
+
+
+def compile_rule(raw: Any, index: int) -> Rule:
+    if not isinstance(raw, Mapping):
+        raise RuleError(f"rule #{index + 1} must be a mapping with name, where, keys and values")
+    name = raw.get("name")
+    if not isinstance(name, str) or not name.strip():
+        raise RuleError(f"rule #{index + 1} has no name: give each rule a 'name'")
+    unknown = set(raw) - set(RULE_FIELDS)
+    if unknown:
+        raise RuleError(f"rule {name!r}: unknown field(s) {', '.join(sorted(map(str, unknown)))} (known: {', '.join(RULE_FIELDS)})")
+    where = raw.get("where") or []
+    if isinstance(where, str):
+        where = [where]
+    if not isinstance(where, list):
+        raise RuleError(f"rule {name!r}: 'where' is a condition string or a list of them")
+    conditions, explain = [], []
+    for text in where:
+        fn, description = _condition(name, text)
+        conditions.append(fn)
+        explain.append(description)
+    keys = raw.get("keys")
+    if isinstance(keys, str):
+        keys = [keys]
+    if not isinstance(keys, list) or not keys:
+        raise RuleError(f"rule {name!r}: 'keys' needs at least one key, e.g. [prices/calculations]")
+    key_fns = [_key_template(name, k) for k in keys]
+    if "values" not in raw or not isinstance(raw["values"], Mapping) or not raw["values"]:
+        raise RuleError(f"rule {name!r}: 'values' must be a mapping of value names, e.g. {{count: 1}}")
+    emit = _values(name, raw["values"], "")
+    at = raw.get("at", "end")
+    if at not in ("start", "end"):
+        raise RuleError(f"rule {name!r}: 'at' is start or end (got {at!r})")
+    return Rule(name.strip(), conditions, key_fns, emit, at == "start", explain)
+
+
+class RuleSet:
+    """Compiled rules; ``evaluate`` gives the tracks a span (in its execution) makes."""
+
+    def __init__(self, rules: Iterable[Rule] = (), source: str = "") -> None:
+        self.rules = list(rules)
+        self.source = source
+        names = [r.name for r in self.rules]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise RuleError(f"{source or 'rules'}: rule names must be unique ({', '.join(dupes)} repeated)")
+
+    def __len__(self) -> int:
+        return len(self.rules)
+
+    def evaluate(self, span: Span, ctx: Context | None = None) -> list[Track]:
+        ctx = ctx or {}
+        tracks: list[Track] = []
+        for rule in self.rules:
+            for condition in rule.conditions:
+                if not condition(span, ctx):
+                    break
+            else:
+                values: dict[str, Any] = {}
+                rule.emit(span, ctx, "", values)
+                if not values:
+                    continue
+                ns = span.start_ns if rule.at_start or span.end_ns is None else span.end_ns
+                at = ns / 1e9
+                for key_fn in rule.keys:
+                    key = key_fn(span, ctx)
+                    if key:
+                        tracks.append(Track(rule.name, key, at, values))
+        return tracks
+
+
+def load_rules(path: str | Path) -> RuleSet:
+    file = Path(path)
+    try:
+        text = file.read_text()
+    except FileNotFoundError:
+        raise RuleError(f"rules file {file} does not exist") from None
+    except OSError as exc:
+        raise RuleError(f"rules file {file} cannot be read: {exc.strerror}") from None
+    return parse_rules(text, str(file))
+
+
+def parse_rules(text: str, source: str = "rules") -> RuleSet:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise RuleError(
+            f"{source} is not valid YAML{at}: {getattr(exc, 'problem', exc)} "
+            "(inside { } or [ ], quote paths that have brackets: 'attributes[\"customer.id\"]')"
+        ) from None
+    if isinstance(data, Mapping):
+        unknown = set(data) - {"rules"}
+        if unknown:
+            raise RuleError(f"{source}: unknown top-level field(s) {', '.join(sorted(map(str, unknown)))}: put rules under 'rules:'")
+        data = data.get("rules")
+    if data is None:
+        data = []
+    if not isinstance(data, list):
+        raise RuleError(f"{source}: 'rules' must be a list of rules")
+    try:
+        return RuleSet([compile_rule(raw, i) for i, raw in enumerate(data)], source)
+    except RuleError as exc:
+        raise RuleError(f"{source}: {exc}") from None
+
+
+def describe(rule: Rule) -> list[str]:
+    return rule.explain or ["every span"]
+
+
+__all__ = ["Rule", "RuleError", "RuleSet", "Track", "load_rules", "parse_rules"]

@@ -1,0 +1,119 @@
+"""Nested stat values: sanitizing names, flattening to dotted paths and back, merging.
+
+Value names must not contain ``.`` (the path separator) nor start with ``$`` (MongoDB
+operators); names built from data are sanitized, never passed through raw.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any, Iterable, Mapping
+
+Number = int | float
+_UNSAFE = re.compile(r'[.\x00"\\]')
+
+
+def sanitize_name(name: Any) -> str:
+    """``"1.5"`` → ``"1_5"``, ``"$set"`` → ``"_set"``; empty names become ``"_"``."""
+    text = _UNSAFE.sub("_", str(name))
+    if text.startswith("$"):
+        text = "_" + text[1:]
+    return text or "_"
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def flatten(values: Mapping[str, Any], prefix: str = "", out: dict[str, Number] | None = None) -> dict[str, Number]:
+    """``{"a": {"b": 1}}`` → ``{"a.b": 1}``, sanitizing every name; non-numbers are left out."""
+    if out is None:
+        out = {}
+    for name, value in values.items():
+        path = prefix + sanitize_name(name)
+        if isinstance(value, Mapping):
+            flatten(value, path + ".", out)
+        elif is_number(value):
+            out[path] = value
+    return out
+
+
+def flatten_any(values: Mapping[str, Any], prefix: str = "", out: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Like :func:`flatten` but keeps every leaf value (for ``set``)."""
+    if out is None:
+        out = {}
+    for name, value in values.items():
+        path = prefix + sanitize_name(name)
+        if isinstance(value, Mapping) and value:
+            flatten_any(value, path + ".", out)
+        else:
+            out[path] = value
+    return out
+
+
+def nest(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"a.b": 1}`` → ``{"a": {"b": 1}}``."""
+    out: dict[str, Any] = {}
+    for path, value in flat.items():
+        add_path(out, path.split("."), value)
+    return out
+
+
+def add_path(target: dict[str, Any], parts: list[str], value: Any, *, add: bool = False) -> None:
+    node = target
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = node[part] = {}
+        node = child
+    leaf = parts[-1]
+    if add and is_number(value) and is_number(node.get(leaf)):
+        node[leaf] = node[leaf] + value
+    elif add and isinstance(value, dict) and isinstance(node.get(leaf), dict):
+        merge_sum(node[leaf], value)
+    else:
+        node[leaf] = value
+
+
+def merge_sum(target: dict[str, Any], other: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep-merge ``other`` into ``target``, adding numbers that both hold."""
+    for name, value in other.items():
+        current = target.get(name)
+        if isinstance(value, Mapping):
+            if not isinstance(current, dict):
+                current = target[name] = {}
+            merge_sum(current, value)
+        elif is_number(value) and is_number(current):
+            target[name] = current + value
+        else:
+            target[name] = value
+    return target
+
+
+def read_data(data: Mapping[str, Any]) -> dict[str, Any]:
+    """Trifle's stored ``data`` in either form: nested, flat dotted keys (``"codes.OK": 1``,
+    as Trifle::Stats' SQLite writer leaves a row's first increment), or both; values that
+    both forms hold are summed."""
+    nested: dict[str, Any] = {}
+    flat: list[tuple[str, Any]] = []
+    for name, value in data.items():
+        if "." in name:
+            flat.append((name, value))
+        elif isinstance(value, Mapping):
+            nested[name] = read_data(value)
+        else:
+            nested[name] = value
+    for name, value in flat:
+        add_path(nested, name.split("."), read_data(value) if isinstance(value, Mapping) else value, add=True)
+    return nested
+
+
+def dig(values: Mapping[str, Any], path: str | Iterable[str]) -> Any:
+    parts = path.split(".") if isinstance(path, str) else path
+    node: Any = values
+    for part in parts:
+        if not isinstance(node, Mapping):
+            return None
+        node = node.get(part)
+    return node
