@@ -10,6 +10,7 @@ Jobs run on a small thread pool, as on a worker, each with a remote enqueue cont
 from __future__ import annotations
 
 import random
+from pathlib import Path
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -220,8 +221,14 @@ def run_demo(processor, *, jobs: int = 120, seed: int = 7, workers: int = 4) -> 
     return summary
 
 
+DEMO_RULES = Path(__file__).parent / "examples" / "demo_rules.yaml"
+
+
 def demo_config(config: Config) -> Config:
-    """The demo's settings on top of the user's: tags a support engineer searches by."""
+    """The demo's settings on top of the user's: tags a support engineer searches by, and
+    the demo's stats rules unless the configuration names its own."""
     if not config.tag_attributes:
         config.tag_attributes = ["customer.id", "reseller.id"]
+    if not config.stats_rules:
+        config.stats_rules = str(DEMO_RULES)
     return config

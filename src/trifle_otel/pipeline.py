@@ -209,6 +209,7 @@ class Pipeline:
                 continue
             if doc.ignored:
                 self.counters.executions_ignored += 1
+                self._observe_stats(execution, doc)
                 if doc.reference in self._live_written:
                     self._live_written.discard(doc.reference)
                     self._discard(doc)
@@ -251,13 +252,16 @@ class Pipeline:
             logger.exception("cannot translate execution %s", execution.reference)
             return None
 
-    def _notify(self, execution: Execution, doc: Document) -> None:
+    def _observe_stats(self, execution: Execution, doc: Document) -> None:
         if self.execution_stats.enabled:
             try:
                 self.execution_stats.observe(execution, doc)
             except Exception:
                 self.counters.processor_errors += 1
                 logger.exception("stats rules failed on execution %s", doc.reference)
+
+    def _notify(self, execution: Execution, doc: Document) -> None:
+        self._observe_stats(execution, doc)
         for observer in self.observers:
             try:
                 observer(execution, doc)

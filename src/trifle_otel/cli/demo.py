@@ -39,6 +39,10 @@ def demo(config: Config, jobs: int, seed: int) -> None:
                   f" and is reported stuck after {config.stuck_after:.0f}s.")
     if stats["write_errors"] and not stats["executions_written"]:
         raise SystemExit("error: nothing could be written: see the warnings above")
+    console.print(
+        f"Stats: {stats['stats_tracks']} tracks into {config.resolved_stats_url()} "
+        f"(rules: {config.stats_rules}; {stats['stats_write_errors']} write errors)."
+    )
     opts = "" if config.source == "defaults" else f" --config {config.source}"
     console.print("\nLook at it:")
     for command in (
@@ -46,5 +50,8 @@ def demo(config: Config, jobs: int, seed: int) -> None:
         f"trifle-otel traces list --state error{opts}",
         f"trifle-otel traces list --key prices --tag customer.id:acme --json{opts}",
         f"trifle-otel traces show <reference>{opts}",
+        f"trifle-otel stats keys{opts}",
+        f"trifle-otel stats values prices/calculations --granularity 1m --from 15m{opts}",
+        f"trifle-otel rules check {config.stats_rules}",
     ):
         console.print(f"  {command}")

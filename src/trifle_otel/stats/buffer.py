@@ -87,27 +87,31 @@ class StatsBuffer:
             return
         bucket_of = self.floor.bucket
         system_key = "keys." + sanitize_name(key)
+        items = flat.items()
+        system_tracking = self.system_tracking
         with self._lock:
             self.counters.tracks += 1
             inc = self._inc
             for g in self.granularities:
                 at = bucket_of(ts, g)
-                ident = (key, g.text, at)
-                values = inc.get(ident)
+                text = g.text
+                values = inc.get((key, text, at))
                 if values is None:
                     if len(inc) >= self.max_buckets:
                         self.counters.dropped += 1
                         continue
-                    values = inc[ident] = {}
-                for path, value in flat.items():
-                    values[path] = values.get(path, 0) + value
-                if self.system_tracking:
-                    ident = (SYSTEM_KEY, g.text, at)
-                    system = inc.get(ident)
+                    values = inc[(key, text, at)] = dict(flat)
+                else:
+                    get = values.get
+                    for path, value in items:
+                        values[path] = get(path, 0) + value
+                if system_tracking:
+                    system = inc.get((SYSTEM_KEY, text, at))
                     if system is None:
-                        system = inc[ident] = {}
-                    system["count"] = system.get("count", 0) + count
-                    system[system_key] = system.get(system_key, 0) + count
+                        inc[(SYSTEM_KEY, text, at)] = {"count": count, system_key: count}
+                    else:
+                        system["count"] += count
+                        system[system_key] = system.get(system_key, 0) + count
             full = len(inc) >= self.flush_size
         if full and self._thread is not None:
             self._wake.set()

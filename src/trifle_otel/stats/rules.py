@@ -256,7 +256,9 @@ def _values(rule: str, spec: Any, where: str) -> Emitter:
         return emit_path
     if not isinstance(spec, Mapping) or not spec:
         raise RuleError(f"rule {rule!r}: value {where or 'values'} must be a number, a path or a mapping (got {spec!r})")
-    if "triple" in spec:
+    # A special form names its path as a string; otherwise the mapping is a group of values
+    # (so a value may itself be called "map" or "distribution").
+    if isinstance(spec.get("triple"), str):
         if set(spec) != {"triple"}:
             raise RuleError(f"rule {rule!r}: value {where}: 'triple' takes only a path")
         get = _path(rule, spec["triple"])
@@ -269,7 +271,7 @@ def _values(rule: str, spec: Any, where: str) -> Emitter:
                     out[path] = out.get(path, 0) + v
 
         return emit_triple
-    if "map" in spec:
+    if isinstance(spec.get("map"), str):
         extra = set(spec) - {"map", "value"}
         if extra:
             raise RuleError(f"rule {rule!r}: value {where}: 'map' takes only 'value' beside it (got {', '.join(sorted(extra))})")
@@ -283,7 +285,7 @@ def _values(rule: str, spec: Any, where: str) -> Emitter:
             inner(span, ctx, prefix + sanitize_name(value) + ".", out)
 
         return emit_map
-    if "distribution" in spec:
+    if isinstance(spec.get("distribution"), str):
         return _distribution(rule, spec)
     children = []
     for name, child in spec.items():

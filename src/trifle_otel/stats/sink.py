@@ -62,14 +62,17 @@ class ExecutionStats:
         return bool(self.rules) or self.default_stats
 
     def observe(self, execution: Execution, doc: Document) -> None:
+        """Rules see every finished execution, ignored ones too (``execution.state`` reads
+        ``ignored``: the run happened, its trace is just not kept); the default execution
+        stat, as in Trifle::Traces, counts stored executions only."""
         record = doc.record
-        ctx = {"state": record["state"], "key": record["key"]}
+        ctx = {"state": "ignored" if doc.ignored else record["state"], "key": record["key"]}
         track = self.buffer.track_flat
         if self.rules:
             for span in (execution.root, *execution.spans):
                 for t in self.rules.evaluate(span, ctx):
                     track(t.key, t.at, t.values)
-        if self.default_stats:
+        if self.default_stats and not doc.ignored:
             end_ns = execution.root.end_ns or execution.root.start_ns
             track(record["key"], end_ns / 1e9, _flat_default(record["state"], float(record["duration"]), record["length"]))
 

@@ -8,21 +8,37 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, Iterable, Mapping
+from collections.abc import Mapping
+from typing import Any, Iterable
 
 Number = int | float
 _UNSAFE = re.compile(r'[.\x00"\\]')
 
 
+_sanitized: dict[Any, str] = {}
+
+
 def sanitize_name(name: Any) -> str:
     """``"1.5"`` → ``"1_5"``, ``"$set"`` → ``"_set"``; empty names become ``"_"``."""
+    cached = _sanitized.get(name)
+    if cached is not None:
+        return cached
     text = _UNSAFE.sub("_", str(name))
     if text.startswith("$"):
         text = "_" + text[1:]
-    return text or "_"
+    text = text or "_"
+    if len(_sanitized) > 50_000:  # names come from data: bound the cache
+        _sanitized.clear()
+    _sanitized[name] = text
+    return text
 
 
 def is_number(value: Any) -> bool:
+    kind = type(value)
+    if kind is int:
+        return True
+    if kind is float:
+        return math.isfinite(value)
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
@@ -32,7 +48,10 @@ def flatten(values: Mapping[str, Any], prefix: str = "", out: dict[str, Number] 
         out = {}
     for name, value in values.items():
         path = prefix + sanitize_name(name)
-        if isinstance(value, Mapping):
+        kind = type(value)
+        if kind is int or (kind is float and math.isfinite(value)):
+            out[path] = value
+        elif kind is dict or isinstance(value, Mapping):
             flatten(value, path + ".", out)
         elif is_number(value):
             out[path] = value
