@@ -54,3 +54,91 @@ def _isolated_env(monkeypatch, tmp_path):
         if var.startswith("TRIFLE_OTEL_") or var.startswith("OTEL_"):
             monkeypatch.delenv(var, raising=False)
     monkeypatch.chdir(tmp_path)
+
+
+# -- MongoDB and S3 backends ----------------------------------------------------------------
+
+MONGODB_URI = os.environ.get("TRIFLE_TEST_MONGODB_URI")
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """An S3-compatible HTTP server (moto) on 127.0.0.1, reached by boto3 over HTTP."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_env(s3_endpoint, monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3_endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    return s3_endpoint
+
+
+_dbs = itertools.count(1)
+
+
+@pytest.fixture
+def mongo_url(monkeypatch):
+    """A MongoDB URL: a real server when TRIFLE_TEST_MONGODB_URI is set, else mongomock."""
+    name = f"trifle_test_{os.getpid()}_{next(_dbs)}"
+    if MONGODB_URI:
+        import pymongo
+
+        from urllib.parse import urlsplit, urlunsplit
+
+        parts = urlsplit(MONGODB_URI)
+        yield urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, ""))
+        pymongo.MongoClient(MONGODB_URI).drop_database(name)
+        return
+    import mongomock
+    from mongomock.collection import BulkOperationBuilder
+
+    from trifle_otel.stores import mongo
+
+    # pymongo >= 4.11 passes `sort` to bulk operations; mongomock 4.3 predates it.
+    for name in ("add_update", "add_replace"):
+        original = getattr(BulkOperationBuilder, name)
+        if not getattr(original, "_accepts_sort", False):
+            def accepting_sort(self, *args, _original=original, sort=None, **kwargs):
+                if sort is not None:
+                    raise NotImplementedError("mongomock: sort in bulk operations")
+                return _original(self, *args, **kwargs)
+
+            accepting_sort._accepts_sort = True
+            monkeypatch.setattr(BulkOperationBuilder, name, accepting_sort)
+    server = mongomock.MongoClient()
+    monkeypatch.setattr(mongo, "client_factory", lambda url: server)
+    yield f"mongodb://127.0.0.1:27017/{name}"
+
+
+_buckets = itertools.count(1)
+
+
+@pytest.fixture(params=["embedded", pytest.param("mongo_s3", marks=[pytest.mark.mongo, pytest.mark.s3])])
+def backend(request, tmp_path):
+    """A Config for each driver combination: SQLite + directory, MongoDB + S3."""
+    if request.param == "embedded":
+        return Config(home=str(tmp_path / "store"), flush_interval=0.05, live_interval=0.2)
+    url = request.getfixturevalue("mongo_url")
+    request.getfixturevalue("s3_env")
+    bucket = f"trifle-test-{os.getpid()}-{next(_buckets)}"
+    config = Config(
+        home=str(tmp_path / "store"),
+        index_url=url,
+        stats_url=url,
+        data_url=f"s3://{bucket}/traces",
+        flush_interval=0.05,
+        live_interval=0.2,
+    )
+    from trifle_otel.stores import open_data
+
+    open_data(config.resolved_data_url(), config).setup([config.retention_days])
+    return config

@@ -35,6 +35,8 @@ class Config:
     index_url: str | None = None
     data_url: str | None = None
     stats_url: str | None = None
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
     # traces
     key_template: str | None = None
     key_attributes: list[str] = field(default_factory=lambda: list(DEFAULT_KEY_ATTRIBUTES))
@@ -58,6 +60,8 @@ class Config:
     granularities: list[str] = field(default_factory=lambda: ["1m", "1h", "1d", "1w", "1mo", "1q", "1y"])
     time_zone: str = "UTC"
     beginning_of_week: str = "monday"
+    stats_mode: str = "full"
+    stats_expire_after: int | None = None  # seconds; MongoDB TTL on stats buckets
 
     source: str = field(default="defaults", repr=False, compare=False)
 
@@ -85,6 +89,10 @@ class Config:
                 raise ConfigError(f"setting '{name}' must be a positive number of seconds (got {getattr(self, name)!r})")
         if self.grace < 0:
             raise ConfigError(f"setting 'grace' must be zero or more seconds (got {self.grace!r})")
+        if self.stats_mode not in ("full", "partial", "separated"):
+            raise ConfigError(f"setting 'stats.mode' must be full, partial or separated (got {self.stats_mode!r})")
+        if self.stats_expire_after is not None and self.stats_expire_after <= 0:
+            raise ConfigError(f"setting 'stats.expire_after' must be a positive number of seconds (got {self.stats_expire_after!r})")
         if self.beginning_of_week.lower() not in _WEEKDAYS:
             raise ConfigError(
                 f"setting 'beginning_of_week' must be a weekday name such as 'monday' (got {self.beginning_of_week!r})"
@@ -96,7 +104,7 @@ _WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday",
 
 # Which section of the file each setting lives in.
 SECTIONS: dict[str, tuple[str, ...]] = {
-    "store": ("home", "index_url", "data_url", "stats_url"),
+    "store": ("home", "index_url", "data_url", "stats_url", "s3_endpoint_url", "s3_region"),
     "traces": (
         "key_template",
         "key_attributes",
@@ -111,9 +119,10 @@ SECTIONS: dict[str, tuple[str, ...]] = {
         "stuck_after",
     ),
     "processor": ("queue_size", "flush_interval", "grace", "retry_buffer"),
-    "stats": ("stats_rules", "default_stats", "granularities", "time_zone", "beginning_of_week"),
+    "stats": ("stats_rules", "default_stats", "granularities", "time_zone", "beginning_of_week", "stats_mode",
+              "stats_expire_after"),
 }
-_FILE_NAMES = {"stats": {"stats_rules": "rules"}}  # file name differs from attribute name
+_FILE_NAMES = {"stats": {"stats_rules": "rules", "stats_mode": "mode", "stats_expire_after": "expire_after"}}  # file name differs from attribute name
 
 _TYPES = {f.name: f.type for f in fields(Config)}
 
@@ -122,6 +131,7 @@ def _coerce(name: str, value: Any, where: str) -> Any:
     kind = _TYPES[name]
     if value is None and "None" in kind:
         return None
+    kind = kind.replace(" | None", "")
     try:
         if kind.startswith("list"):
             if isinstance(value, str):

@@ -15,3 +15,11 @@ class StoreError(TrifleError):
 
 class NotFoundError(TrifleError):
     """A reference or key that is not in the store."""
+
+
+class PartialWriteError(StoreError):
+    """A bulk write where some operations were applied and ``failed`` were not."""
+
+    def __init__(self, message: str, failed: list) -> None:
+        super().__init__(message)
+        self.failed = failed

@@ -25,7 +25,7 @@ from .errors import TrifleError
 from .model import Execution, Span
 from .sinks import TraceSink
 from .stats.sink import ExecutionStats
-from .stores import open_data, open_index
+from .stores import check_urls, open_data, open_index
 from .translate import Document, Translator
 
 logger = logging.getLogger("trifle_otel")
@@ -81,6 +81,8 @@ class Pipeline:
         self._convert = convert
         self._sink_factory = sink_factory or self._default_sink
         self._sink: TraceSink | None = None
+        if sink_factory is None:
+            check_urls(config)  # an unsupported store URL is refused now, not at the first write
         self.translator = Translator(config)
         # Rules are compiled here, when the configuration loads: a broken rule is refused now.
         self.execution_stats = ExecutionStats(config) if stats is None else stats
@@ -174,9 +176,8 @@ class Pipeline:
             self._start_worker()
 
     def _default_sink(self) -> TraceSink:
-        data = open_data(self.config.resolved_data_url())
+        data = open_data(self.config.resolved_data_url(), self.config)
         index = open_index(self.config.resolved_index_url())
-        self.translator.bucket_name = data.bucket_name
         return TraceSink(index, data, compressed=self.config.gzip)
 
     def _run(self) -> None:

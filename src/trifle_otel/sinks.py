@@ -11,16 +11,16 @@ import hashlib
 from typing import Any, Sequence
 
 from .stores.base import DataStore, TraceIndex
-from .stores.layout import DEFAULT_PREFIX, data_prefix, decode_part, encode_part, part_name
+from .stores.layout import data_prefix, decode_part, encode_part, part_name
 from .translate import Document
 
 
 class TraceSink:
-    def __init__(self, index: TraceIndex, data: DataStore, *, compressed: bool = False, prefix: str = DEFAULT_PREFIX):
+    def __init__(self, index: TraceIndex, data: DataStore, *, compressed: bool = False):
         self.index = index
         self.data = data
         self.compressed = compressed
-        self.prefix = prefix
+        self.prefix = data.prefix
         self._written: dict[str, list[bytes]] = {}  # reference -> digests of parts written (live)
 
     def write(self, documents: Sequence[Document]) -> None:
@@ -29,7 +29,9 @@ class TraceSink:
         fresh = not any(doc.reference in self._written for doc in documents)
         for doc in documents:
             base = data_prefix(doc.record, self.prefix)
+            bucket = self.data.bucket_for(doc.reference)
             doc.record["data_path"] = base
+            doc.record["bucket_name"] = bucket
             seen = self._written.get(doc.reference, [])
             digests = []
             for number, lines in enumerate(doc.parts, start=1):
@@ -38,9 +40,9 @@ class TraceSink:
                 digests.append(digest)
                 if number <= len(seen) and seen[number - 1] == digest:
                     continue
-                self.data.put(base + part_name(number, self.compressed), body)
+                self.data.put(base + part_name(number, self.compressed), body, bucket)
             for name, body in doc.artifacts:
-                self.data.put(base + "artifacts/" + name, body)
+                self.data.put(base + "artifacts/" + name, body, bucket)
             if doc.record["state"] == "running":
                 self._written[doc.reference] = digests
             else:
@@ -57,7 +59,7 @@ class TraceSink:
         self.index.delete(refs)
         for doc in documents:
             self._written.pop(doc.reference, None)
-            self.data.delete_prefix(data_prefix(doc.record, self.prefix))
+            self.data.delete_prefix(data_prefix(doc.record, self.prefix), self.data.bucket_for(doc.reference))
 
     def forget(self, reference: str) -> None:
         self._written.pop(reference, None)
@@ -65,12 +67,13 @@ class TraceSink:
 
 def load_lines(data: DataStore, record: dict[str, Any]) -> list[dict[str, Any]]:
     """All lines of a record, part after part (either part encoding is read)."""
-    base = record.get("data_path") or data_prefix(record)
+    base = record.get("data_path") or data_prefix(record, data.prefix)
+    bucket = record.get("bucket_name") or None
     lines: list[dict[str, Any]] = []
     for number in range(1, int(record.get("parts") or 0) + 1):
-        body = data.get(base + part_name(number, True))
+        body = data.get(base + part_name(number, True), bucket)
         if body is None:
-            body = data.get(base + part_name(number, False))
+            body = data.get(base + part_name(number, False), bucket)
         if body is None:
             lines.append({"at": None, "message": f"data part {number} is missing from {base}", "state": "error",
                           "type": "text", "level": 0})
@@ -80,5 +83,5 @@ def load_lines(data: DataStore, record: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def load_artifact(data: DataStore, record: dict[str, Any], name: str) -> bytes | None:
-    base = record.get("data_path") or data_prefix(record)
-    return data.get(base + "artifacts/" + name)
+    base = record.get("data_path") or data_prefix(record, data.prefix)
+    return data.get(base + "artifacts/" + name, record.get("bucket_name") or None)

@@ -60,8 +60,9 @@ def clean_key(key: str) -> str:
 
 
 def to_datetime(ns: int) -> datetime:
+    """Millisecond precision: what every store (BSON dates included) keeps exactly."""
     return datetime.fromtimestamp(ns // 1_000_000_000, timezone.utc).replace(
-        microsecond=(ns // 1000) % 1_000_000
+        microsecond=(ns // 1_000_000) % 1000 * 1000
     )
 
 
@@ -83,9 +84,8 @@ def _json_attrs(attrs: dict[str, Any]) -> str:
 class Translator:
     """Compiled once from the configuration; ``translate`` is called per execution."""
 
-    def __init__(self, config: Config, bucket_name: str = "") -> None:
+    def __init__(self, config: Config) -> None:
         self.config = config
-        self.bucket_name = bucket_name
         self._key_template = compile_template(config.key_template) if config.key_template else None
         self._tag_attributes = tuple(config.tag_attributes)
         self._meta_filter = set(config.meta_attributes) if config.meta_attributes is not None else None
@@ -140,7 +140,7 @@ class Translator:
             "last_at": to_datetime(end_ns),
             "retention": self.config.retention_days,
             "expires_at": first_at + timedelta(days=self.config.retention_days),
-            "bucket_name": self.bucket_name,
+            "bucket_name": "",  # set by the sink: the data store picks the bucket
             "trace_id": root.trace_id,
             "span_id": root.span_id,
             "name": root.name,

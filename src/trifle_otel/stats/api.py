@@ -32,13 +32,17 @@ class Stats:
         *,
         driver: StatsDriver | None = None,
         buffered: bool = True,
-        mode: str = "full",
+        mode: str | None = None,
         system_tracking: bool = True,
         flush_interval: float = 1.0,
         background: bool = True,
     ) -> None:
         self.config = config or Config()
-        self.driver = driver or open_stats_driver(self.config.resolved_stats_url(), mode=mode)
+        self.driver = driver or open_stats_driver(
+            self.config.resolved_stats_url(),
+            mode=mode or self.config.stats_mode,
+            expire_after=self.config.stats_expire_after,
+        )
         self.floor = Floor(self.config.time_zone, self.config.beginning_of_week)
         self.granularities = tuple(parse_granularity(g) for g in self.config.granularities)
         self.buffered = buffered

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any, Iterable, Mapping
 
+from ..errors import PartialWriteError
 from .drivers import StatsDriver
 from .granularity import Floor, Granularity
 from .identifier import SYSTEM_KEY
@@ -150,6 +151,16 @@ class StatsBuffer:
                     inc = {}
                 if sets:
                     self.driver.set([(k, g, at, v) for (k, g, at), v in sets.items()])
+            except PartialWriteError as exc:
+                # Only what was not applied goes back: nothing is counted twice.
+                self.counters.write_errors += 1
+                failed = {(k, g, at): v for k, g, at, v in exc.failed}
+                if inc:
+                    self._put_back(failed, sets)
+                else:
+                    self._put_back({}, failed)
+                logger.warning("trifle-otel wrote stats partly (%s); %d buckets kept for retry", exc, self.pending)
+                raise
             except Exception as exc:
                 self.counters.write_errors += 1
                 self._put_back(inc, sets)

@@ -80,7 +80,9 @@ class ExecutionStats:
         if self.buffer.driver is not None:
             return True
         try:
-            self.buffer.driver = open_stats_driver(self.config.resolved_stats_url())
+            self.buffer.driver = open_stats_driver(
+                self.config.resolved_stats_url(), mode=self.config.stats_mode, expire_after=self.config.stats_expire_after
+            )
             return True
         except Exception as exc:
             self.errors += 1

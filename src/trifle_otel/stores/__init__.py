@@ -4,12 +4,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from ..errors import ConfigError
 from .base import DataStore, Page, TraceIndex, TraceQuery
 
-__all__ = ["DataStore", "Page", "TraceIndex", "TraceQuery", "open_index", "open_data", "sqlite_path"]
+__all__ = ["DataStore", "Page", "TraceIndex", "TraceQuery", "check_urls", "open_data", "open_index", "sqlite_path"]
 
 
 def _local_path(url: str, scheme: str, what: str) -> Path:
@@ -35,18 +36,37 @@ def _scheme(url: str, what: str, known: tuple[str, ...]) -> str:
 
 
 def open_index(url: str) -> TraceIndex:
-    scheme = _scheme(url, "trace index", ("sqlite",))
+    scheme = _scheme(url, "trace index", ("sqlite", "mongodb", "mongodb+srv"))
     if scheme == "sqlite":
         from .sqlite_index import SQLiteTraceIndex
 
         return SQLiteTraceIndex(sqlite_path(url, "trace index"))
-    raise AssertionError(scheme)
+    from .mongo_index import MongoTraceIndex
+
+    return MongoTraceIndex(url)
 
 
-def open_data(url: str) -> DataStore:
-    scheme = _scheme(url, "data store", ("file",))
+def open_data(url: str, config: Any = None) -> DataStore:
+    scheme = _scheme(url, "data store", ("file", "s3"))
     if scheme == "file":
         from .directory import DirectoryDataStore
 
         return DirectoryDataStore(_local_path(url, "file", "data store"))
-    raise AssertionError(scheme)
+    from .s3 import S3DataStore
+
+    return S3DataStore(
+        url,
+        endpoint_url=getattr(config, "s3_endpoint_url", None),
+        region=getattr(config, "s3_region", None),
+    )
+
+
+def check_urls(config: Any) -> None:
+    """Refuse unsupported store URLs when the configuration loads, not at the first write."""
+    _scheme(config.resolved_index_url(), "trace index", ("sqlite", "mongodb", "mongodb+srv"))
+    _scheme(config.resolved_data_url(), "data store", ("file", "s3"))
+    _scheme(config.resolved_stats_url(), "stats store", ("sqlite", "mongodb", "mongodb+srv"))
+    if _scheme(config.resolved_data_url(), "data store", ("file", "s3")) == "s3":
+        from .s3 import parse_s3_url
+
+        parse_s3_url(config.resolved_data_url())

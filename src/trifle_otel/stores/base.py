@@ -64,13 +64,17 @@ class TraceIndex(Protocol):
 
 
 class DataStore(Protocol):
-    bucket_name: str
+    bucket_name: str  # the default bucket ("" for a directory)
+    prefix: str  # the layout's <prefix> segment
 
-    def put(self, path: str, body: bytes) -> None: ...
+    def bucket_for(self, reference: str) -> str:
+        """The bucket an execution's data goes to (kept on its record as ``bucket_name``)."""
 
-    def get(self, path: str) -> bytes | None:
+    def put(self, path: str, body: bytes, bucket: str | None = None) -> None: ...
+
+    def get(self, path: str, bucket: str | None = None) -> bytes | None:
         """The object's bytes, or None when there is no such object."""
 
-    def delete_prefix(self, prefix: str) -> None: ...
+    def delete_prefix(self, prefix: str, bucket: str | None = None) -> None: ...
 
     def close(self) -> None: ...

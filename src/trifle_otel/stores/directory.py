@@ -8,12 +8,14 @@ import threading
 from pathlib import Path
 
 from ..errors import StoreError
+from .layout import DEFAULT_PREFIX
 
 
 class DirectoryDataStore:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
         self.bucket_name = ""
+        self.prefix = DEFAULT_PREFIX
         self._root = str(self.root.resolve())
         self._made: set[str] = set()
         try:
@@ -30,7 +32,10 @@ class DirectoryDataStore:
             raise StoreError(f"data key {key!r} points outside the data directory")
         return os.path.join(self._root, key)
 
-    def put(self, key: str, body: bytes) -> None:
+    def bucket_for(self, reference: str) -> str:
+        return ""
+
+    def put(self, key: str, body: bytes, bucket: str | None = None) -> None:
         path = self._path(key)
         directory = os.path.dirname(path)
         tmp = f"{path}.tmp-{os.getpid()}-{threading.get_ident()}"
@@ -51,7 +56,7 @@ class DirectoryDataStore:
         except OSError as exc:
             raise StoreError(f"cannot write {path}: {exc.strerror}") from None
 
-    def get(self, key: str) -> bytes | None:
+    def get(self, key: str, bucket: str | None = None) -> bytes | None:
         path = self._path(key)
         try:
             with open(path, "rb") as fh:
@@ -61,10 +66,13 @@ class DirectoryDataStore:
         except OSError as exc:
             raise StoreError(f"cannot read {path}: {exc.strerror}") from None
 
-    def delete_prefix(self, prefix: str) -> None:
+    def delete_prefix(self, prefix: str, bucket: str | None = None) -> None:
         path = self._path(prefix.rstrip("/"))
         self._made.discard(path)
         shutil.rmtree(path, ignore_errors=True)
+
+    def setup(self, retention_days=()) -> list[str]:
+        return [f"data directory {self.root}"]
 
     def close(self) -> None:
         pass

@@ -89,6 +89,14 @@ class SQLiteTraceIndex:
         except sqlite3.Error as exc:
             raise StoreError(f"cannot create the trace index tables in {self.path}: {exc}") from None
 
+    def setup(self) -> list[str]:
+        """The tables and indexes (created when the index opens; idempotent)."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT type, name FROM sqlite_master WHERE name LIKE 'trifle_traces%' ORDER BY type DESC, name"
+            ).fetchall()
+        return [f"{kind} {name}" for kind, name in rows]
+
     def upsert(self, records: Sequence[dict[str, Any]], *, fresh: bool = False) -> None:
         """Insert or replace records.  ``fresh``: none of them was written before (the
         common case of a deferred write), so there are no old segment/tag rows to remove."""

@@ -24,13 +24,14 @@ class StatsDriver(Protocol):
     def close(self) -> None: ...
 
 
-def open_stats_driver(url: str, *, mode: str = "full", table: str = "trifle_stats") -> StatsDriver:
-    from ...errors import ConfigError
+def open_stats_driver(url: str, *, mode: str = "full", expire_after: int | None = None) -> StatsDriver:
     from ...stores import _scheme, sqlite_path
 
-    scheme = _scheme(url, "stats store", ("sqlite",))
+    scheme = _scheme(url, "stats store", ("sqlite", "mongodb", "mongodb+srv"))
     if scheme == "sqlite":
         from .sqlite import SQLiteStatsDriver
 
-        return SQLiteStatsDriver(sqlite_path(url, "stats store"), mode=mode, table=table)
-    raise ConfigError(f"stats store URL {url!r} is not supported")
+        return SQLiteStatsDriver(sqlite_path(url, "stats store"), mode=mode)
+    from .mongo import MongoStatsDriver
+
+    return MongoStatsDriver(url, mode=mode, expire_after=expire_after)

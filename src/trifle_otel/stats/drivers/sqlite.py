@@ -60,6 +60,13 @@ class SQLiteStatsDriver:
         return (f"CREATE TABLE IF NOT EXISTS {t} (key varchar(255) NOT NULL, granularity varchar(255) NOT NULL, "
                 f"at datetime NOT NULL, data json, PRIMARY KEY (key, granularity, at));")
 
+    def setup(self) -> list[str]:
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT type, name FROM sqlite_master WHERE tbl_name = ? ORDER BY type DESC, name", (self.table,)
+            ).fetchall()
+        return [f"{kind} {name}" for kind, name in rows]
+
     def _ident(self, key: str, granularity: str, at: int) -> tuple[Any, ...]:
         if self.mode == "full":
             return (f"{key}::{granularity}::{at}",)
