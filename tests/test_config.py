@@ -62,3 +62,13 @@ def test_processor_keyword_settings_are_checked():
     with pytest.raises(ConfigError, match="unknown setting 'retention'"):
         TrifleSpanProcessor(retention=3)
     assert Config().validate().retention_days == 30
+
+
+def test_environment_variables_in_the_file(tmp_path, monkeypatch):
+    file = tmp_path / "c.yaml"
+    file.write_text("store:\n  index_url: mongodb://trifle:${MONGO_PASSWORD}@db/trifle\n")
+    monkeypatch.setenv("MONGO_PASSWORD", "pw")
+    assert load_config(file, environ={}).index_url == "mongodb://trifle:pw@db/trifle"
+    monkeypatch.delenv("MONGO_PASSWORD")
+    with pytest.raises(ConfigError, match=r"uses \$\{MONGO_PASSWORD\}, but the environment variable MONGO_PASSWORD is not set"):
+        load_config(file, environ={})

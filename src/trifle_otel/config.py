@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
@@ -192,12 +193,29 @@ def _from_file(path: Path) -> dict[str, Any]:
             if key not in allowed:
                 raise ConfigError(f"config file {path}: unknown setting '{section}.{key}'{_hint(key, allowed)}")
             name = renamed.get(key, key)
+            if isinstance(value, str):
+                value = _expand(value, f"config file {path}: setting '{section}.{key}'")
             out[name] = _coerce(name, value, f"config file {path}")
     # Relative paths in the file are relative to the file, not to where the command runs.
     for name in ("home", "stats_rules"):
         if out.get(name) and not Path(out[name]).expanduser().is_absolute():
             out[name] = str((path.parent / out[name]).resolve())
     return out
+
+
+_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _expand(value: str, where: str) -> str:
+    """``${NAME}`` from the environment, so secrets stay out of the file."""
+
+    def replace(match: re.Match) -> str:
+        name = match.group(1)
+        if name not in os.environ:
+            raise ConfigError(f"{where} uses ${{{name}}}, but the environment variable {name} is not set")
+        return os.environ[name]
+
+    return _VARIABLE.sub(replace, value)
 
 
 def _hint(word: str, choices) -> str:
