@@ -13,7 +13,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from click.testing import CliRunner
 from opentelemetry.sdk.trace import TracerProvider
-from test_sqlite_index import BASE, keys, record
+from test_sqlite_index import BASE, keys, record, sample_records
 
 from trifle_otel import TrifleSpanProcessor
 from trifle_otel.cli import main
@@ -31,13 +31,7 @@ HOUR = int(datetime(2026, 11, 23, 10, tzinfo=timezone.utc).timestamp())
 def index(backend):
     idx = open_index(backend.resolved_index_url())
     idx.setup()
-    idx.upsert([
-        record(1, "prices/calculate", "success", ["customer.id:acme"], 5),
-        record(2, "prices/calculate", "error", ["customer.id:globex"], 50),
-        record(3, "prices/import", "warning", ["customer.id:acme", "vip"], 500),
-        record(4, "products/refresh", "success", ["vip"], 5000),
-        record(5, "prices", "running", [], 1),
-    ])
+    idx.upsert(sample_records())
     yield idx
     idx.close()
 

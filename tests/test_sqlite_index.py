@@ -36,16 +36,21 @@ def record(n: int, key: str, state: str = "success", tags=(), duration: int = 10
     }
 
 
-@pytest.fixture
-def index(tmp_path):
-    idx = SQLiteTraceIndex(tmp_path / "t.db")
-    idx.upsert([
+def sample_records():
+    """Five records the search tests of every index driver use."""
+    return [
         record(1, "prices/calculate", "success", ["customer.id:acme"], 5),
         record(2, "prices/calculate", "error", ["customer.id:globex"], 50),
         record(3, "prices/import", "warning", ["customer.id:acme", "vip"], 500),
         record(4, "products/refresh", "success", ["vip"], 5000),
         record(5, "prices", "running", [], 1),
-    ])
+    ]
+
+
+@pytest.fixture
+def index(tmp_path):
+    idx = SQLiteTraceIndex(tmp_path / "t.db")
+    idx.upsert(sample_records())
     yield idx
     idx.close()
 

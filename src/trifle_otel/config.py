@@ -14,9 +14,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
-
 from .errors import ConfigError
+from .yamlfile import parse_yaml, read_text
 
 ENV_CONFIG = "TRIFLE_OTEL_CONFIG"
 ENV_HOME = "TRIFLE_OTEL_HOME"
@@ -165,18 +164,8 @@ def _coerce(name: str, value: Any, where: str) -> Any:
 
 
 def _from_file(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist: check --config or {ENV_CONFIG}") from None
-    except OSError as exc:
-        raise ConfigError(f"config file {path} cannot be read: {exc.strerror}") from None
-    try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"config file {path} is not valid YAML{at}: {getattr(exc, 'problem', exc)}") from None
+    text = read_text(path, "config file", missing_hint=f": check --config or {ENV_CONFIG}")
+    data = parse_yaml(text, f"config file {path}") or {}
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must be a mapping of sections ({', '.join(SECTIONS)})")
     out: dict[str, Any] = {}

@@ -14,10 +14,11 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from ..config import Config, load_config
 from ..pipeline import Pipeline
+from . import PipelineOwner
 from .sdk import from_readable_span
 
 
-class TrifleSpanExporter(SpanExporter):
+class TrifleSpanExporter(PipelineOwner, SpanExporter):
     def __init__(self, config: Config | None = None, **settings: Any) -> None:
         if config is None:
             config = load_config(overrides=settings)
@@ -31,12 +32,3 @@ class TrifleSpanExporter(SpanExporter):
             self.pipeline.counters.processor_errors += 1
             return SpanExportResult.FAILURE
         return SpanExportResult.SUCCESS
-
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return self.pipeline.force_flush(timeout_millis / 1000)
-
-    def shutdown(self) -> None:
-        self.pipeline.shutdown()
-
-    def stats(self) -> dict[str, int]:
-        return self.pipeline.stats()

@@ -14,10 +14,11 @@ from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
 from ..config import Config, load_config
 from ..pipeline import START, Pipeline
+from . import PipelineOwner
 from .sdk import from_readable_span
 
 
-class TrifleSpanProcessor(SpanProcessor):
+class TrifleSpanProcessor(PipelineOwner, SpanProcessor):
     """Turns each execution's spans into a Trifle trace document (and stats).
 
     ``TrifleSpanProcessor()`` reads the configuration from the environment
@@ -58,13 +59,3 @@ class TrifleSpanProcessor(SpanProcessor):
                 pipeline.wake.set()
         else:
             pipeline.counters.spans_dropped += 1
-
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return self.pipeline.force_flush(timeout_millis / 1000)
-
-    def shutdown(self) -> None:
-        self.pipeline.shutdown()
-
-    def stats(self) -> dict[str, int]:
-        """Counters: spans dropped, executions written/ignored, write errors, ..."""
-        return self.pipeline.stats()

@@ -38,6 +38,7 @@ import yaml
 from ..errors import ConfigError
 from ..model import Span
 from ..paths import compile_path
+from ..yamlfile import parse_yaml, read_text
 from .values import is_number, sanitize_name
 
 Context = Mapping[str, Any]
@@ -372,25 +373,13 @@ class RuleSet:
 
 def load_rules(path: str | Path) -> RuleSet:
     file = Path(path)
-    try:
-        text = file.read_text()
-    except FileNotFoundError:
-        raise RuleError(f"rules file {file} does not exist") from None
-    except OSError as exc:
-        raise RuleError(f"rules file {file} cannot be read: {exc.strerror}") from None
-    return parse_rules(text, str(file))
+    return parse_rules(read_text(file, "rules file", RuleError), str(file))
 
 
 def parse_rules(text: str, source: str = "rules") -> RuleSet:
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise RuleError(
-            f"{source} is not valid YAML{at}: {getattr(exc, 'problem', exc)} "
-            "(inside { } or [ ], quote paths that have brackets: 'attributes[\"customer.id\"]')"
-        ) from None
+    data = parse_yaml(
+        text, source, RuleError, " (inside { } or [ ], quote paths that have brackets: 'attributes[\"customer.id\"]')"
+    )
     if isinstance(data, Mapping):
         unknown = set(data) - {"rules"}
         if unknown:
