@@ -203,3 +203,13 @@ def test_head_attribute_makes_a_head_line():
 
 def test_counters_ignore_unknown_states():
     assert counters_of([{"state": "odd", "type": "x", "level": 3}])["max_level"] == 3
+
+
+def test_bare_producer_roots_are_not_job_runs():
+    enqueue = make_span("apply_async/pricing.calculate_price", 0, 1, kind="producer",
+                        attributes={"celery.task_name": "pricing.calculate_price"})
+    doc = translate(execution(enqueue))
+    assert doc.ignored and doc.record["key"] == "apply_async/pricing.calculate_price"
+    assert not translate(execution(enqueue), skip_bare_producers=False).ignored
+    with_work = make_span("publish", 0, 5, kind="producer")
+    assert not translate(execution(with_work, make_span("serialize", 1, 2, with_work))).ignored

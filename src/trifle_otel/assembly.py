@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 from .model import Execution, Span
 
@@ -20,7 +20,7 @@ from .model import Execution, Span
 @dataclass(slots=True)
 class _Trace:
     children: dict[str, list[Span]] = field(default_factory=lambda: defaultdict(list))
-    started: dict[str, Span] = field(default_factory=dict)  # running local roots (live mode)
+    started: dict[str, tuple[Span, Any]] = field(default_factory=dict)  # running roots: (span, source)
     ended: dict[str, tuple[Span, float]] = field(default_factory=dict)  # root -> (span, ready_at)
     touched: float = 0.0
     pending: int = 0
@@ -58,10 +58,11 @@ class Assembler:
     def pending_spans(self) -> int:
         return self._pending
 
-    def start(self, root: Span) -> None:
-        """Record that a local root span has started (live mode only)."""
+    def start(self, root: Span, source: Any = None) -> None:
+        """Record that a local root span has started (live mode only).  ``source`` is what
+        it was converted from (the SDK span), so snapshots can read its latest attributes."""
         trace = self._trace(root.trace_id)
-        trace.started[root.span_id] = root
+        trace.started[root.span_id] = (root, source)
 
     def add(self, span: Span) -> None:
         """Take one ended span."""
@@ -102,18 +103,24 @@ class Assembler:
         self.counters.executions += len(done)
         return done
 
-    def running(self) -> list[Execution]:
-        """Snapshots of the executions whose root is still running, with what has ended so far."""
+    def running(self, refresh: Callable[[Any], Span] | None = None) -> list[Execution]:
+        """Snapshots of the executions whose root is still running, with what has ended so far.
+
+        ``refresh`` re-reads a root from its source: attributes set after the start (a job's
+        name, its customer) show in the running record as soon as they are set.
+        """
         out = []
         for trace in self._traces.values():
-            for root_id, root in trace.started.items():
+            for root_id, (root, source) in list(trace.started.items()):
+                if refresh is not None and source is not None:
+                    try:
+                        root = refresh(source)
+                    except Exception:
+                        pass
+                    if root.end_ns is not None:  # ended meanwhile: its end is on the way
+                        root.end_ns = None
                 out.append(Execution(root, self._subtree(trace, root_id)))
         return out
-
-    def forget_running(self, trace_id: str, span_id: str) -> None:
-        trace = self._traces.get(trace_id)
-        if trace is not None:
-            trace.started.pop(span_id, None)
 
     # -- internals ---------------------------------------------------------------------
 

@@ -42,6 +42,7 @@ class Config:
     key_attributes: list[str] = field(default_factory=lambda: list(DEFAULT_KEY_ATTRIBUTES))
     tag_attributes: list[str] = field(default_factory=list)
     meta_attributes: list[str] | None = None
+    skip_bare_producers: bool = True
     retention_days: int = 30
     payload_size_limit: int = 102_400
     part_size: int = 1_000
@@ -110,6 +111,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
         "key_attributes",
         "tag_attributes",
         "meta_attributes",
+        "skip_bare_producers",
         "retention_days",
         "payload_size_limit",
         "part_size",

@@ -234,8 +234,12 @@ class Pipeline:
             item = pop()
             try:
                 if type(item) is tuple:
-                    span = item[1] if type(item[1]) is Span else convert(item[1])  # type: ignore[misc]
-                    assembler.start(span)
+                    source = item[1]
+                    if type(source) is Span:
+                        span, source = source, None
+                    else:
+                        span = convert(source)  # type: ignore[misc]
+                    assembler.start(span, source)
                     self._new_roots.append(span)
                 elif type(item) is Span:
                     assembler.add(item)
@@ -278,10 +282,14 @@ class Pipeline:
         now = time.monotonic()
         if now >= self._next_live:
             self._next_live = now + self.config.live_interval
-            executions = self.assembler.running()
+            executions = self.assembler.running(self._convert)
         else:
             new = {(s.trace_id, s.span_id) for s in self._new_roots}
-            executions = [e for e in self.assembler.running() if (e.root.trace_id, e.root.span_id) in new] if new else []
+            executions = (
+                [e for e in self.assembler.running(self._convert) if (e.root.trace_id, e.root.span_id) in new]
+                if new
+                else []
+            )
         self._new_roots.clear()
         docs = []
         for execution in executions:

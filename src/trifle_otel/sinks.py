@@ -22,13 +22,16 @@ class TraceSink:
         self.compressed = compressed
         self.prefix = data.prefix
         self._written: dict[str, list[bytes]] = {}  # reference -> digests of parts written (live)
+        self._paths: dict[str, str] = {}  # reference -> data path of its first live write
 
     def write(self, documents: Sequence[Document]) -> None:
         """Write documents (data first, then one index batch).  Raises StoreError on failure."""
         records = []
         fresh = not any(doc.reference in self._written for doc in documents)
         for doc in documents:
-            base = data_prefix(doc.record, self.prefix)
+            # A live record keeps the data path of its first write even if its key changes
+            # (a job's name attribute set just after its span started).
+            base = self._paths.get(doc.reference) or data_prefix(doc.record, self.prefix)
             bucket = self.data.bucket_for(doc.reference)
             doc.record["data_path"] = base
             doc.record["bucket_name"] = bucket
@@ -45,8 +48,10 @@ class TraceSink:
                 self.data.put(base + "artifacts/" + name, body, bucket)
             if doc.record["state"] == "running":
                 self._written[doc.reference] = digests
+                self._paths[doc.reference] = base
             else:
                 self._written.pop(doc.reference, None)
+                self._paths.pop(doc.reference, None)
             records.append(doc.record)
         if records:
             self.index.upsert(records, fresh=fresh)
@@ -59,10 +64,9 @@ class TraceSink:
         self.index.delete(refs)
         for doc in documents:
             self._written.pop(doc.reference, None)
-            self.data.delete_prefix(data_prefix(doc.record, self.prefix), self.data.bucket_for(doc.reference))
+            base = self._paths.pop(doc.reference, None) or data_prefix(doc.record, self.prefix)
+            self.data.delete_prefix(base, self.data.bucket_for(doc.reference))
 
-    def forget(self, reference: str) -> None:
-        self._written.pop(reference, None)
 
 
 def load_lines(data: DataStore, record: dict[str, Any]) -> list[dict[str, Any]]:

@@ -99,7 +99,9 @@ class Translator:
             key = self._key_template(root)
             if key:
                 return clean_key(key)
-        for attr in (cv.KEY, *self.config.key_attributes):
+        # A producer root names the job it enqueues, not itself: keep the job's key for runs.
+        attrs = (cv.KEY,) if root.kind == "producer" else (cv.KEY, *self.config.key_attributes)
+        for attr in attrs:
             value = root.attributes.get(attr)
             if value:
                 return clean_key(str(value))
@@ -108,7 +110,11 @@ class Translator:
     def translate(self, execution: Execution, now_ns: int) -> Document:
         root = execution.root
         spans = execution.spans
-        ignored = _is_ignored(root, spans)
+        ignored = _is_ignored(root, spans) or (
+            # An enqueue with nothing around it (a script or a scheduler sending a job) is not a
+            # job run: the run is the consumer's execution, which links back to it.
+            self.config.skip_bare_producers and root.kind == "producer" and not spans
+        )
         reference = execution.reference
         lines: list[dict[str, Any]] = []
         builder = _LineBuilder(lines)

@@ -11,6 +11,7 @@ from typing import Any
 
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+from opentelemetry.trace import SpanKind
 
 from ..config import Config, load_config
 from ..pipeline import START, Pipeline
@@ -34,6 +35,7 @@ class TrifleSpanProcessor(PipelineOwner, SpanProcessor):
         self.config = config
         self.pipeline = Pipeline(config, convert=from_readable_span)
         self._live = config.live
+        self._skip_producers = config.skip_bare_producers
 
     # The two hooks below run on the application thread for every span: keep them to an
     # append on a deque (no conversion, no lock, no I/O).  A recording span is taken even
@@ -45,7 +47,7 @@ class TrifleSpanProcessor(PipelineOwner, SpanProcessor):
             return
         try:
             parent = span.parent
-            if parent is None or parent.is_remote:
+            if (parent is None or parent.is_remote) and not (self._skip_producers and span.kind is SpanKind.PRODUCER):
                 self.pipeline.submit((START, span))
         except Exception:
             self.pipeline.counters.processor_errors += 1
