@@ -67,9 +67,10 @@ def to_datetime(ns: int) -> datetime:
 
 
 def _text(value: Any) -> str:
+    """A readable one-line form (``{"rows": 3}``) of a non-string value, for raw lines."""
     if isinstance(value, str):
         return value
-    if isinstance(value, (tuple, list)):
+    if isinstance(value, tuple):
         value = list(value)
     try:
         return json.dumps(value, ensure_ascii=False, default=str)
@@ -78,7 +79,7 @@ def _text(value: Any) -> str:
 
 
 def _json_attrs(attrs: dict[str, Any]) -> str:
-    return json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in attrs.items()}, ensure_ascii=False, default=str)
+    return _text({k: list(v) if isinstance(v, tuple) else v for k, v in attrs.items()})
 
 
 class Translator:

@@ -7,9 +7,10 @@
 from __future__ import annotations
 
 import gzip
-import json
 import re
 from typing import Any
+
+from ..jsonutil import dumps, loads
 
 DEFAULT_PREFIX = "traces"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._\-]")
@@ -30,15 +31,12 @@ def part_name(number: int, compressed: bool) -> str:
     return f"data_{number}.json" + (".gz" if compressed else "")
 
 
-_encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str)
-
-
 def encode_part(lines: list[dict[str, Any]], compressed: bool) -> bytes:
-    body = _encoder.encode(lines).encode("utf-8")
+    body = dumps(lines)
     return gzip.compress(body, compresslevel=5, mtime=0) if compressed else body
 
 
 def decode_part(body: bytes) -> list[dict[str, Any]]:
     if body[:2] == b"\x1f\x8b":
         body = gzip.decompress(body)
-    return json.loads(body)
+    return loads(body)

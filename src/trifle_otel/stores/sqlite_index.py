@@ -6,7 +6,6 @@ page, not the table.  WAL mode lets the CLI and the UI read while a worker write
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import threading
 from datetime import datetime, timezone
@@ -14,6 +13,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import StoreError
+from ..jsonutil import dumps_text, loads
 from .base import TIME_FIELDS, Page, TraceQuery, decode_cursor, encode_cursor
 
 SCHEMA = """
@@ -50,14 +50,11 @@ def _ts(value: datetime) -> float:
     return value.timestamp()
 
 
-_encoder = json.JSONEncoder(
-    ensure_ascii=False, separators=(",", ":"), default=lambda v: v.isoformat() if isinstance(v, datetime) else str(v)
-)
-_encode = _encoder.encode
+_encode = dumps_text
 
 
 def decode_record(text: str) -> dict[str, Any]:
-    record = json.loads(text)
+    record = loads(text)
     for name in TIME_FIELDS:
         if isinstance(record.get(name), str):
             record[name] = datetime.fromisoformat(record[name])
@@ -149,7 +146,7 @@ class SQLiteTraceIndex:
                 (reference, reference + "\uffff"),
             ).fetchall()
         if len(rows) != 1:
-            exact = [r for r in rows if json.loads(r[0])["reference"] == reference]
+            exact = [r for r in rows if loads(r[0])["reference"] == reference]
             rows = exact if len(exact) == 1 else []
         return decode_record(rows[0][0]) if rows else None
 
