@@ -122,3 +122,24 @@ def test_console_script_reports_errors_without_traceback(tmp_path):
     proc = subprocess.run([str(BIN), "traces", "show", "nope", "--home", str(tmp_path)], capture_output=True, text=True)
     assert proc.returncode == 1
     assert proc.stderr.startswith("error: no execution with reference 'nope'")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["traces", "list", "--since", "99999999999d"], "is too far back"),
+    (["stats", "values", "k", "--from", "2000000000d"], "is too far back"),
+])
+def test_absurd_times_are_clear_errors(tmp_path, args, message):
+    result = run(*args, "--home", str(tmp_path))
+    assert result.exit_code == 1 and message in result.output
+
+
+def test_rules_check_span_file_errors(tmp_path):
+    from trifle_otel.demo import DEMO_RULES
+
+    span = tmp_path / "span.json"
+    span.write_text(json.dumps({"name": "x", "attributes": [1, 2]}))
+    result = run("rules", "check", str(DEMO_RULES), "--span", str(span))
+    assert result.exit_code == 1 and '"attributes" is an object' in result.output
+    span.write_text("{not json")
+    result = run("rules", "check", str(DEMO_RULES), "--span", str(span))
+    assert result.exit_code == 1 and "is not valid JSON" in result.output

@@ -72,3 +72,10 @@ def test_environment_variables_in_the_file(tmp_path, monkeypatch):
     monkeypatch.delenv("MONGO_PASSWORD")
     with pytest.raises(ConfigError, match=r"uses \$\{MONGO_PASSWORD\}, but the environment variable MONGO_PASSWORD is not set"):
         load_config(file, environ={})
+
+
+def test_non_string_keys_in_the_file(tmp_path):
+    file = tmp_path / "c.yaml"
+    file.write_text("1: {}\n")
+    with pytest.raises(ConfigError, match="unknown section '1'"):
+        load_config(file, environ={})

@@ -146,3 +146,14 @@ def test_bad_zone_and_week():
         Floor("Mars/Olympus")
     with pytest.raises(ConfigError, match="beginning of week"):
         Floor("UTC", "funday")
+
+
+def test_multi_year_buckets_are_aligned_to_year_zero():
+    assert [b[:4] for b in buckets("UTC", "2024-06-01T00:00:00+00:00", "2027-06-01T00:00:00+00:00", "2y")] == ["2024", "2026"]
+    assert [b[:4] for b in buckets("UTC", "2024-06-01T00:00:00+00:00", "2026-06-01T00:00:00+00:00", "1y")] == ["2024", "2025", "2026"]
+
+
+def test_timeline_stops_at_the_end_of_time():
+    f = Floor("UTC")
+    out = f.timeline(datetime(9999, 12, 30, tzinfo=UTC), datetime(9999, 12, 31, 23, tzinfo=UTC), parse_granularity("1d"))
+    assert [d.day for d in out] == [30, 31]

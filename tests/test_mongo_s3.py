@@ -208,3 +208,36 @@ def test_data_url_from_config_file_with_endpoint(s3_endpoint, tmp_path, monkeypa
     store.setup([30])
     store.put("30/p/k/r/data_1.json", b"[]")
     assert store.get("30/p/k/r/data_1.json") == b"[]" and store.prefix == "p"
+
+
+def test_a_retry_that_fails_reports_only_what_was_not_applied(mongo_url):
+    from pymongo.errors import AutoReconnect, BulkWriteError
+
+    driver = MongoStatsDriver(mongo_url)
+    real = driver.collection.bulk_write
+    calls = []
+
+    def failing_retry(ops, ordered=True):
+        calls.append(len(ops))
+        if len(calls) == 1:
+            real([op for i, op in enumerate(ops) if i != 1], ordered=False)
+            raise BulkWriteError({"writeErrors": [{"index": 1, "code": 11000, "errmsg": "E11000"}]})
+        raise AutoReconnect("connection lost")
+
+    driver.collection.bulk_write = failing_retry
+    buffer = StatsBuffer(driver, [parse_granularity("1h")], Floor(), system_tracking=False)
+    at = datetime.fromtimestamp(HOUR, timezone.utc)
+    for key in ("a", "b", "c"):
+        buffer.track(key, at, {"count": 1})
+    with pytest.raises(PartialWriteError):
+        buffer.flush()
+    driver.collection.bulk_write = real
+    buffer.flush()
+    assert driver.get([("a", "1h", HOUR), ("b", "1h", HOUR), ("c", "1h", HOUR)]) == [{"count": 1}] * 3
+
+
+def test_cli_never_prints_the_mongodb_password(mongo_url):
+    url = mongo_url.replace("mongodb://", "mongodb://admin:S3cretPw@")
+    for args in (["traces", "list"], ["traces", "show", "abc"]):
+        result = CliRunner().invoke(main, [*args, "--index-url", url])
+        assert "S3cretPw" not in result.output and "admin:***@" in result.output

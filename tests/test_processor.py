@@ -290,3 +290,42 @@ def test_sqlite_table_is_readable_with_plain_sqlite(setup):
     (key, state, record), = conn.execute("SELECT key, state, record FROM trifle_traces")
     assert (key, state) == ("job", "success")
     assert json.loads(record)["segments"] == ["job"]
+
+
+def test_a_retried_final_write_replaces_the_live_records_search_rows(tmp_path):
+    from trifle_otel.errors import StoreError
+    from trifle_otel.sinks import TraceSink
+    from trifle_otel.stores.directory import DirectoryDataStore
+    from trifle_otel.stores.sqlite_index import SQLiteTraceIndex
+    from trifle_otel.translate import Translator
+
+    from conftest import execution, make_span
+
+    index = SQLiteTraceIndex(tmp_path / "t.db")
+    sink = TraceSink(index, DirectoryDataStore(tmp_path / "d"))
+    translator = Translator(Config())
+    running = make_span("run/x", 0, None, attributes={"trifle.key": "celery/run"})
+    sink.write([translator.translate(execution(running), 10**18)])
+    ended = make_span("run/x", 0, 5, span_id=running.span_id, trace_id=running.trace_id, attributes={"trifle.key": "prices/calc"})
+    final = translator.translate(execution(ended), 10**18)
+    real = index.upsert
+    index.upsert = lambda *a, **k: (_ for _ in ()).throw(StoreError("down"))
+    with pytest.raises(StoreError):
+        sink.write([final])
+    index.upsert = real
+    sink.write([final])
+    assert [r["key"] for r in index.search(TraceQuery(key="prices")).records] == ["prices/calc"]
+    assert index.search(TraceQuery(key="celery")).records == []
+
+
+def test_home_paths_with_url_characters(tmp_path):
+    config = Config(home=str(tmp_path / "a#b?c%d"), flush_interval=0.05)
+    processor = TrifleSpanProcessor(config)
+    provider = TracerProvider(shutdown_on_exit=False)
+    provider.add_span_processor(processor)
+    with provider.get_tracer("t").start_as_current_span("job"):
+        pass
+    assert processor.force_flush()
+    provider.shutdown()
+    assert (tmp_path / "a#b?c%d" / "traces.db").exists() and (tmp_path / "a#b?c%d" / "stats.db").exists()
+    assert [r["key"] for r in records(config)] == ["job"]

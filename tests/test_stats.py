@@ -206,3 +206,16 @@ def _writer(path: str, n: int) -> None:
 def test_naive_datetimes_are_refused(stats):
     with pytest.raises(ValueError, match="naive datetime"):
         stats.track("k", datetime(2026, 1, 1), {"count": 1})
+
+
+def test_flush_reports_the_buckets_it_wrote(tmp_path):
+    buffer = StatsBuffer(SQLiteStatsDriver(tmp_path / "s.db"), [parse_granularity("1h")], Floor())
+    buffer.track("k", T, {"count": 1})
+    assert buffer.flush() == 2  # k and the system key
+    assert buffer.counters.writes == 2
+
+
+def test_equal_values_of_different_types_get_their_own_names():
+    assert flatten({"flag": {True: 1}}) == {"flag.True": 1}
+    assert flatten({"flag": {1: 1}}) == {"flag.1": 1}
+    assert flatten({"flag": {1.5: 1}}) == {"flag.1_5": 1}

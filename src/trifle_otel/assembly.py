@@ -24,6 +24,7 @@ class _Trace:
     ended: dict[str, tuple[Span, float]] = field(default_factory=dict)  # root -> (span, ready_at)
     touched: float = 0.0
     pending: int = 0
+    ended_unseen: set[str] = field(default_factory=set)  # running roots whose source has ended
 
 
 @dataclass
@@ -110,15 +111,22 @@ class Assembler:
         name, its customer) show in the running record as soon as they are set.
         """
         out = []
-        for trace in self._traces.values():
+        for trace in list(self._traces.values()):
             for root_id, (root, source) in list(trace.started.items()):
                 if refresh is not None and source is not None:
                     try:
                         root = refresh(source)
                     except Exception:
                         pass
-                    if root.end_ns is not None:  # ended meanwhile: its end is on the way
-                        root.end_ns = None
+                    if root.end_ns is not None:
+                        # It ended, but its end has not reached us: on the way, or dropped
+                        # from a full intake.  Seen so twice in a row, it was dropped: finish
+                        # the execution from what we have rather than keep it running forever.
+                        if root_id in trace.ended_unseen:
+                            self.add(root)
+                        else:
+                            trace.ended_unseen.add(root_id)
+                        continue
                 out.append(Execution(root, self._subtree(trace, root_id)))
         return out
 

@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
+from urllib.parse import quote
 
 from .errors import ConfigError
 from .yamlfile import parse_yaml, read_text
@@ -55,6 +56,8 @@ class Config:
     flush_interval: float = 1.0
     grace: float = 0.0
     retry_buffer: int = 2_000
+    spill_dir: str | None = None
+    spill_max_bytes: int = 1 << 30
     # stats
     stats_rules: str | None = None
     default_stats: bool = True
@@ -73,16 +76,19 @@ class Config:
         return Path(self.home).expanduser().resolve()
 
     def resolved_index_url(self) -> str:
-        return self.index_url or f"sqlite://{self.home_path / 'traces.db'}"
+        return self.index_url or "sqlite://" + quote(str(self.home_path / "traces.db"))
 
     def resolved_data_url(self) -> str:
-        return self.data_url or f"file://{self.home_path / 'data'}"
+        return self.data_url or "file://" + quote(str(self.home_path / "data"))
 
     def resolved_stats_url(self) -> str:
-        return self.stats_url or f"sqlite://{self.home_path / 'stats.db'}"
+        return self.stats_url or "sqlite://" + quote(str(self.home_path / "stats.db"))
+
+    def resolved_spill_dir(self) -> Path:
+        return Path(self.spill_dir).expanduser().resolve() if self.spill_dir else self.home_path / "spill"
 
     def validate(self) -> "Config":
-        for name in ("retention_days", "payload_size_limit", "part_size", "queue_size", "retry_buffer"):
+        for name in ("retention_days", "payload_size_limit", "part_size", "queue_size", "retry_buffer", "spill_max_bytes"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"setting '{name}' must be a positive number (got {getattr(self, name)!r})")
         for name in ("live_interval", "stuck_after", "flush_interval"):
@@ -120,7 +126,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
         "live_interval",
         "stuck_after",
     ),
-    "processor": ("queue_size", "flush_interval", "grace", "retry_buffer"),
+    "processor": ("queue_size", "flush_interval", "grace", "retry_buffer", "spill_dir", "spill_max_bytes"),
     "stats": ("stats_rules", "default_stats", "granularities", "time_zone", "beginning_of_week", "stats_mode",
               "stats_expire_after"),
 }
@@ -172,6 +178,7 @@ def _from_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} must be a mapping of sections ({', '.join(SECTIONS)})")
     out: dict[str, Any] = {}
     for section, body in data.items():
+        section = str(section)
         if section not in SECTIONS:
             raise ConfigError(f"config file {path}: unknown section '{section}'{_hint(section, SECTIONS)}")
         if body is None:
@@ -181,6 +188,7 @@ def _from_file(path: Path) -> dict[str, Any]:
         renamed = {v: k for k, v in _FILE_NAMES.get(section, {}).items()}
         allowed = [_FILE_NAMES.get(section, {}).get(n, n) for n in SECTIONS[section]]
         for key, value in body.items():
+            key = str(key)
             if key not in allowed:
                 raise ConfigError(f"config file {path}: unknown setting '{section}.{key}'{_hint(key, allowed)}")
             name = renamed.get(key, key)
@@ -188,7 +196,7 @@ def _from_file(path: Path) -> dict[str, Any]:
                 value = _expand(value, f"config file {path}: setting '{section}.{key}'")
             out[name] = _coerce(name, value, f"config file {path}")
     # Relative paths in the file are relative to the file, not to where the command runs.
-    for name in ("home", "stats_rules"):
+    for name in ("home", "stats_rules", "spill_dir"):
         if out.get(name) and not Path(out[name]).expanduser().is_absolute():
             out[name] = str((path.parent / out[name]).resolve())
     return out

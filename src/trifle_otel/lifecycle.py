@@ -13,17 +13,22 @@ import weakref
 logger = logging.getLogger("trifle_otel")
 
 _drains: "weakref.WeakValueDictionary[int, object]" = weakref.WeakValueDictionary()
-_methods: dict[int, str] = {}
+_methods: dict[int, tuple[str, str | None]] = {}  # id -> (at exit, on SIGTERM)
 _installed = False
 _lock = threading.Lock()
 
 
-def register(owner: object, method: str = "shutdown") -> None:
-    """Call ``owner.<method>()`` at exit and on SIGTERM (owner held weakly)."""
+def register(owner: object, method: str = "shutdown", flush: str | None = None) -> None:
+    """Call ``owner.<method>()`` at exit, and ``owner.<flush>()`` on SIGTERM (owner held weakly).
+
+    SIGTERM flushes rather than stops: an application may shut down warmly after it (a
+    Celery worker finishing its jobs), and those jobs' spans must still be written; the
+    stop comes at exit.
+    """
     global _installed
     with _lock:
         _drains[id(owner)] = owner
-        _methods[id(owner)] = method
+        _methods[id(owner)] = (method, flush)
         if not _installed:
             _installed = True
             atexit.register(drain_all)
@@ -36,7 +41,7 @@ def unregister(owner: object) -> None:
         _methods.pop(id(owner), None)
 
 
-def drain_all() -> None:
+def drain_all(on_signal: bool = False) -> None:
     # Spans still in the application's own batch processors reach us (exporter path) first.
     try:
         from opentelemetry import trace as otel_trace
@@ -48,10 +53,13 @@ def drain_all() -> None:
     except Exception:
         logger.debug("trifle-otel: flushing the tracer provider failed", exc_info=True)
     with _lock:
-        owners = [(o, _methods.get(k, "shutdown")) for k, o in list(_drains.items())]
-    for owner, method in owners:
+        owners = [(o, _methods.get(k, ("shutdown", None))) for k, o in list(_drains.items())]
+    for owner, (method, flush) in owners:
+        name = flush if on_signal else method
+        if not name:
+            continue
         try:
-            getattr(owner, method)()
+            getattr(owner, name)()
         except Exception:
             logger.exception("trifle-otel: draining %r failed", owner)
 
@@ -68,7 +76,7 @@ def _install_sigterm() -> None:
         return
 
     def on_sigterm(signum: int, frame) -> None:
-        drain_all()
+        drain_all(on_signal=True)
         if callable(previous):
             previous(signum, frame)
         else:  # default action: terminate, as without us

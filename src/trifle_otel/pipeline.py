@@ -24,6 +24,7 @@ from .config import Config
 from .errors import TrifleError
 from .model import Execution, Span
 from .sinks import TraceSink
+from .spill import Spill
 from .stats.sink import ExecutionStats
 from .stores import check_urls, open_data, open_index
 from .translate import Document, Translator
@@ -44,6 +45,7 @@ class PipelineCounters:
     live_writes: int = 0
     translation_errors: int = 0
     write_errors: int = 0
+    documents_spilled: int = 0
     documents_dropped: int = 0
 
 
@@ -60,6 +62,21 @@ def _after_fork_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class _FlushRequest:
+    __slots__ = ("_event", "ok")
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self.ok = False
+
+    def done(self, ok: bool) -> None:
+        self.ok = ok
+        self._event.set()
+
+    def wait(self, timeout: float | None) -> bool:
+        return self._event.wait(timeout) and self.ok
 
 
 class Pipeline:
@@ -88,16 +105,20 @@ class Pipeline:
         self.execution_stats = ExecutionStats(config) if stats is None else stats
         self._init_state()
         _pipelines.add(self)
-        lifecycle.register(self)
+        lifecycle.register(self, flush="force_flush")
         self._start_worker()
 
     # -- ingest side (any thread) -------------------------------------------------------
+
+    def count_dropped(self, n: int = 1) -> None:
+        with self._count_lock:  # several application threads may drop at once
+            self.counters.spans_dropped += n
 
     def submit(self, item: Any) -> None:
         """Append one intake item without blocking; count it as dropped when full."""
         intake = self.intake
         if len(intake) >= self.max_queue or self._stopped:
-            self.counters.spans_dropped += 1
+            self.count_dropped()
             return
         intake.append(item)
         if len(intake) >= self.wake_at:
@@ -106,20 +127,25 @@ class Pipeline:
     def submit_many(self, spans: Sequence[Any]) -> None:
         room = 0 if self._stopped else self.max_queue - len(self.intake)
         if room < len(spans):
-            self.counters.spans_dropped += len(spans) - max(room, 0)
+            self.count_dropped(len(spans) - max(room, 0))
             spans = spans[: max(room, 0)]
         self.intake.extend(spans)
         if len(self.intake) >= self.wake_at:
             self.wake.set()
 
     def force_flush(self, timeout: float | None = 30.0) -> bool:
-        """Write every execution whose root has ended; True when done within ``timeout``."""
+        """Write every execution whose root has ended (and the stats they made).
+
+        True when all of it reached the stores within ``timeout``; False when the stores
+        refused (it waits for retry, or in the spill directory) or time ran out.
+        """
         if self._stopped or not self._thread.is_alive():
             return False
-        done = threading.Event()
-        self._flush_requests.append(done)
+        request = _FlushRequest()
+        with self._count_lock:
+            self._flush_requests.append(request)
         self.wake.set()
-        return done.wait(timeout)
+        return request.wait(timeout)
 
     def shutdown(self, timeout: float | None = 30.0) -> None:
         if self._stopped:
@@ -145,7 +171,10 @@ class Pipeline:
         c = self.config
         self.assembler = Assembler(grace=c.grace)
         self.wake = threading.Event()
-        self._flush_requests: list[threading.Event] = []
+        self._count_lock = threading.Lock()
+        self._flush_requests: list[_FlushRequest] = []
+        self._spill = Spill(c.resolved_spill_dir(), c.spill_max_bytes)
+        self._replayed = False
         self._stopped = False
         self._retry: "OrderedDict[str, Document]" = OrderedDict()
         self._retry_at = 0.0
@@ -186,21 +215,27 @@ class Pipeline:
             self.wake.wait(interval)
             self.wake.clear()
             stopping = self._stopped
-            flushes, self._flush_requests = self._flush_requests, []
+            with self._count_lock:
+                flushes, self._flush_requests = self._flush_requests, []
+            ok = False
             try:
-                self._cycle(ignore_grace=bool(flushes), final=stopping)
+                ok = self._cycle(ignore_grace=bool(flushes), final=stopping)
             except Exception:  # never let the worker die: count and go on
                 self.counters.processor_errors += 1
                 logger.exception("trifle-otel worker cycle failed")
-            for done in flushes:
-                done.set()
+            for request in flushes:
+                request.done(ok)
             if stopping:
                 self._close()
-                for done in self._flush_requests:
-                    done.set()
+                with self._count_lock:
+                    for request in self._flush_requests:
+                        request.done(False)
                 return
 
-    def _cycle(self, *, ignore_grace: bool = False, final: bool = False) -> None:
+    def _cycle(self, *, ignore_grace: bool = False, final: bool = False) -> bool:
+        """One round of work; True when nothing is left waiting for the stores."""
+        if not self._replayed:
+            self._replay()
         self._drain()
         documents: list[Document] = []
         now_ns = time.time_ns()
@@ -224,6 +259,33 @@ class Pipeline:
             self.execution_stats.flush()
         else:
             self.execution_stats.flush_if_due()
+        if final:
+            self._spill_remaining()
+        return not self._retry and not self.execution_stats.buffer.pending
+
+    def _replay(self) -> None:
+        """Take what an earlier run spilled to disk: it is written like new work."""
+        self._replayed = True
+        documents, inc, sets = self._spill.claim()
+        for doc in documents:
+            self._retry[doc.reference] = doc
+        if inc or sets:
+            self.execution_stats.buffer.put_back(inc, sets)
+
+    def _spill_remaining(self) -> None:
+        """At shutdown, what the stores did not take goes to the spill directory."""
+        buffer = self.execution_stats.buffer
+        inc, sets = buffer.take()
+        documents = list(self._retry.values())
+        if not documents and not inc and not sets:
+            return
+        if self._spill.save(documents, inc, sets):
+            self.counters.documents_spilled += len(documents)
+            buffer.counters.spilled += len(inc) + len(sets)
+        else:
+            self.counters.documents_dropped += len(documents)
+            buffer.counters.dropped += len(inc) + len(sets)
+        self._retry.clear()
 
     def _drain(self) -> None:
         intake = self.intake
@@ -309,10 +371,12 @@ class Pipeline:
             self._retry[doc.reference] = doc
             self._retry.move_to_end(doc.reference)
         overflow = len(self._retry) - self.config.retry_buffer
-        while overflow > 0:
-            self._retry.popitem(last=False)
-            self.counters.documents_dropped += 1
-            overflow -= 1
+        if overflow > 0:  # the oldest go to disk (or, when it cannot take them, are dropped)
+            oldest = [self._retry.popitem(last=False)[1] for _ in range(overflow)]
+            if self._spill.save(oldest):
+                self.counters.documents_spilled += len(oldest)
+            else:
+                self.counters.documents_dropped += len(oldest)
         if not self._retry and not live_docs:
             return
         if time.monotonic() < self._retry_at and not final:
@@ -340,9 +404,6 @@ class Pipeline:
                     len(self._retry),
                     self.counters.documents_dropped,
                 )
-            if final and self._retry:
-                self.counters.documents_dropped += len(self._retry)
-                self._retry.clear()
             return
         self._backoff = 0.5
         self._retry_at = 0.0

@@ -27,6 +27,7 @@ class TraceSink:
     def write(self, documents: Sequence[Document]) -> None:
         """Write documents (data first, then one index batch).  Raises StoreError on failure."""
         records = []
+        written: list[tuple[Document, list[bytes], str]] = []
         fresh = not any(doc.reference in self._written for doc in documents)
         for doc in documents:
             # A live record keeps the data path of its first write even if its key changes
@@ -46,15 +47,18 @@ class TraceSink:
                 self.data.put(base + part_name(number, self.compressed), body, bucket)
             for name, body in doc.artifacts:
                 self.data.put(base + "artifacts/" + name, body, bucket)
+            records.append(doc.record)
+            written.append((doc, digests, base))
+        if records:
+            self.index.upsert(records, fresh=fresh)
+        # Only once the index has them: a failed batch is retried as it was (not "fresh").
+        for doc, digests, base in written:
             if doc.record["state"] == "running":
                 self._written[doc.reference] = digests
                 self._paths[doc.reference] = base
             else:
                 self._written.pop(doc.reference, None)
                 self._paths.pop(doc.reference, None)
-            records.append(doc.record)
-        if records:
-            self.index.upsert(records, fresh=fresh)
 
     def discard(self, documents: Sequence[Document]) -> None:
         """Remove what live mode wrote for executions that turned out to be ignored."""
@@ -66,7 +70,6 @@ class TraceSink:
             self._written.pop(doc.reference, None)
             base = self._paths.pop(doc.reference, None) or data_prefix(doc.record, self.prefix)
             self.data.delete_prefix(base, self.data.bucket_for(doc.reference))
-
 
 
 def load_lines(data: DataStore, record: dict[str, Any]) -> list[dict[str, Any]]:

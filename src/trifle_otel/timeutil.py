@@ -19,7 +19,10 @@ def parse_time(text: str, *, now: datetime | None = None, what: str = "time") ->
         return now
     age = _AGE.match(value.lower())
     if age:
-        return now - timedelta(**{_UNITS[age.group(2)]: float(age.group(1))})
+        try:
+            return now - timedelta(**{_UNITS[age.group(2)]: float(age.group(1))})
+        except OverflowError:
+            raise ConfigError(f"{what} {text!r} is too far back: give an age of less than 9999 years") from None
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:

@@ -6,6 +6,7 @@ import click
 from rich.console import Console
 
 from ..config import Config
+from ..stores import redact
 from .main import config_options, main
 
 
@@ -20,7 +21,7 @@ def demo(config: Config, jobs: int, seed: int) -> None:
 
     config = demo_config(config)
     console = Console(highlight=False)
-    console.print(f"Running {jobs} jobs into {config.resolved_index_url()} and {config.resolved_data_url()} ...")
+    console.print(f"Running {jobs} jobs into {redact(config.resolved_index_url())} and {config.resolved_data_url()} ...")
     processor = TrifleSpanProcessor(config)
     try:
         summary = run_demo(processor, jobs=jobs, seed=seed)
@@ -40,7 +41,7 @@ def demo(config: Config, jobs: int, seed: int) -> None:
     if stats["write_errors"] and not stats["executions_written"]:
         raise SystemExit("error: nothing could be written: see the warnings above")
     console.print(
-        f"Stats: {stats['stats_tracks']} tracks into {config.resolved_stats_url()} "
+        f"Stats: {stats['stats_tracks']} tracks into {redact(config.resolved_stats_url())} "
         f"(rules: {config.stats_rules}; {stats['stats_write_errors']} write errors)."
     )
     opts = "" if config.source == "defaults" else f" --config {config.source}"

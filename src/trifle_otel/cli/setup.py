@@ -7,7 +7,7 @@ import click
 from ..config import Config
 from ..stats.drivers import open_stats_driver
 from ..stores import check_urls, open_data, open_index
-from ..stores.mongo import redact
+from ..stores import redact
 from .main import config_options, main
 from .traces import _console
 

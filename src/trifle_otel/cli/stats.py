@@ -133,6 +133,9 @@ def rules() -> None:
 def _span_from_json(data: dict[str, Any], where: str) -> tuple[Span, dict[str, Any]]:
     if not isinstance(data, dict) or not isinstance(data.get("name"), str):
         raise ConfigError(f"{where}: a span is an object with at least a \"name\"")
+    for name in ("attributes", "resource", "execution"):
+        if data.get(name) is not None and not isinstance(data[name], dict):
+            raise ConfigError(f"{where}: \"{name}\" is an object of name: value")
     duration = data.get("duration", 0)
     if not isinstance(duration, (int, float)) or isinstance(duration, bool):
         raise ConfigError(f"{where}: \"duration\" is a number of milliseconds")

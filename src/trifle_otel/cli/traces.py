@@ -18,6 +18,7 @@ from ..sinks import load_artifact, load_lines
 from ..stores import TraceQuery, open_data, open_index
 from ..stores.base import TIME_FIELDS
 from ..timeutil import iso, parse_time
+from ..stores import redact
 from .main import config_options, main
 
 STATE_STYLE = {"success": "green", "warning": "yellow", "error": "red", "running": "cyan", "debug": "dim"}
@@ -78,7 +79,7 @@ def list_traces(config: Config, states, tags_all, tags_any, since, until, min_du
         return
     console = _console()
     if not page.records:
-        console.print(f"No executions match in {config.resolved_index_url()}.")
+        console.print(f"No executions match in {redact(config.resolved_index_url())}.")
         return
     table = Table(box=None, header_style="bold")
     for column in ("reference", "key", "state", "started", "duration", "lines", "tags"):
@@ -130,7 +131,7 @@ def show_trace(config: Config, reference: str, as_json: bool, artifact_name: str
         index.close()
     if record is None:
         raise NotFoundError(
-            f"no execution with reference {reference!r} in {config.resolved_index_url()}: "
+            f"no execution with reference {reference!r} in {redact(config.resolved_index_url())}: "
             "list references with `trifle-otel traces list` (a unique prefix is enough)"
         )
     data = open_data(config.resolved_data_url())

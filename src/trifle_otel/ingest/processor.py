@@ -50,14 +50,14 @@ class TrifleSpanProcessor(PipelineOwner, SpanProcessor):
             if (parent is None or parent.is_remote) and not (self._skip_producers and span.kind is SpanKind.PRODUCER):
                 self.pipeline.submit((START, span))
         except Exception:
-            self.pipeline.counters.processor_errors += 1
+            self.pipeline.counters.processor_errors += 1  # (only on an SDK contract change)
 
     def on_end(self, span: ReadableSpan) -> None:
         pipeline = self.pipeline
         intake = pipeline.intake
-        if len(intake) < pipeline.max_queue:
+        if len(intake) < pipeline.max_queue and not pipeline._stopped:
             intake.append(span)
             if len(intake) >= pipeline.wake_at:
                 pipeline.wake.set()
         else:
-            pipeline.counters.spans_dropped += 1
+            pipeline.count_dropped()

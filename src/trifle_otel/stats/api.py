@@ -38,24 +38,32 @@ class Stats:
         background: bool = True,
     ) -> None:
         self.config = config or Config()
-        self.driver = driver or open_stats_driver(
-            self.config.resolved_stats_url(),
-            mode=mode or self.config.stats_mode,
-            expire_after=self.config.stats_expire_after,
-        )
+        url, mode, expire = self.config.resolved_stats_url(), mode or self.config.stats_mode, self.config.stats_expire_after
+
+        def open_driver() -> StatsDriver:
+            return open_stats_driver(url, mode=mode, expire_after=expire)
+
+        own_driver = driver is None
+        driver = driver or open_driver()
         self.floor = Floor(self.config.time_zone, self.config.beginning_of_week)
         self.granularities = tuple(parse_granularity(g) for g in self.config.granularities)
         self.buffered = buffered
         self.buffer = StatsBuffer(
-            self.driver,
+            driver,
             self.granularities,
             self.floor,
             system_tracking=system_tracking,
             flush_interval=flush_interval,
             thread=buffered and background,
         )
+        if own_driver:
+            self.buffer.reopen = open_driver  # a forked child opens its own connection
         if buffered:
-            lifecycle.register(self)
+            lifecycle.register(self, flush="flush")
+
+    @property
+    def driver(self) -> StatsDriver:
+        return self.buffer.driver
 
     def track(self, key: str, at: datetime | float, values: Mapping[str, Any]) -> None:
         self.buffer.track_flat(key, epoch_seconds(at), flatten(values))
@@ -76,7 +84,7 @@ class Stats:
         g = parse_granularity(granularity)
         self.flush()
         at = self.floor.timeline(since, until, g)
-        values = self.driver.get([(key, g.text, int(t.timestamp())) for t in at])
+        values = self.buffer.driver.get([(key, g.text, int(t.timestamp())) for t in at])
         if skip_blanks:
             kept = [(a, v) for a, v in zip(at, values) if v]
             at, values = [a for a, _ in kept], [v for _, v in kept]
@@ -88,7 +96,8 @@ class Stats:
     def shutdown(self) -> None:
         lifecycle.unregister(self)
         self.buffer.shutdown()
-        self.driver.close()
+        if self.buffer.driver is not None:
+            self.buffer.driver.close()
 
     def stats(self) -> dict[str, int]:
         return self.buffer.stats()

@@ -10,19 +10,33 @@ cannot grow memory without bound.
 from __future__ import annotations
 
 import logging
+import os
 import threading
+import weakref
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from ..errors import PartialWriteError
-from .drivers import StatsDriver
+from .drivers import Op, StatsDriver
 from .granularity import Floor, Granularity
 from .identifier import SYSTEM_KEY
 from .values import flatten, flatten_any, sanitize_name
 
 logger = logging.getLogger("trifle_otel")
+
+_buffers: "weakref.WeakSet[StatsBuffer]" = weakref.WeakSet()
+_inherited: list[Any] = []  # drivers a forked child inherited: never used or closed there
+
+
+def _after_fork_in_child() -> None:
+    for buffer in list(_buffers):
+        buffer._after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 Bucket = tuple[str, str, int]
 
@@ -33,6 +47,7 @@ class BufferCounters:
     flushes: int = 0
     writes: int = 0
     write_errors: int = 0
+    spilled: int = 0
     dropped: int = 0
 
 
@@ -73,9 +88,27 @@ class StatsBuffer:
         self._stopped = False
         self._last_flush = time.monotonic()
         self._thread: threading.Thread | None = None
+        self._background = thread
+        self.reopen: Callable[[], StatsDriver] | None = None  # a new driver, for a forked child
         if thread:
-            self._thread = threading.Thread(target=self._run, name="trifle-otel-stats", daemon=True)
-            self._thread.start()
+            self._start()
+        _buffers.add(self)
+
+    def _start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="trifle-otel-stats", daemon=True)
+        self._thread.start()
+
+    def _after_fork_in_child(self) -> None:
+        """Buffered increments belong to the parent (it writes them), and so do its driver's
+        connections and any lock its threads held."""
+        self._inc, self._set = {}, {}
+        self._lock, self._flush_lock, self._wake = threading.Lock(), threading.Lock(), threading.Event()
+        self.counters = BufferCounters()
+        if self.reopen is not None:
+            _inherited.append(self.driver)
+            self.driver = None  # type: ignore[assignment]  # reopened on the next flush
+        if self._background and not self._stopped:
+            self._start()
 
     # -- writing -----------------------------------------------------------------------
 
@@ -137,6 +170,8 @@ class StatsBuffer:
 
     def flush(self) -> int:
         """Write everything buffered (one bulk write); returns the buckets written."""
+        if self.driver is None and self.reopen is not None:
+            self.driver = self.reopen()
         with self._flush_lock:
             with self._lock:
                 inc, self._inc = self._inc, {}
@@ -145,6 +180,7 @@ class StatsBuffer:
             if not inc and not sets:
                 return 0
             self.counters.flushes += 1
+            written = len(inc) + len(sets)
             try:
                 if inc:
                     self.driver.inc([(k, g, at, v) for (k, g, at), v in inc.items()])
@@ -166,7 +202,6 @@ class StatsBuffer:
                 self._put_back(inc, sets)
                 logger.warning("trifle-otel cannot write stats (%s); %d buckets kept for retry", exc, self.pending)
                 raise
-            written = len(inc) + len(sets)
             self.counters.writes += written
             return written
 
@@ -178,6 +213,17 @@ class StatsBuffer:
                 self.flush()
             except Exception:
                 pass  # counted and kept; retried on the next call
+
+    def take(self) -> tuple[list[Op], list[Op]]:
+        """Everything buffered, as operations, leaving the buffer empty (to spill it)."""
+        with self._lock:
+            inc, self._inc = self._inc, {}
+            sets, self._set = self._set, {}
+        return [(k, g, at, v) for (k, g, at), v in inc.items()], [(k, g, at, v) for (k, g, at), v in sets.items()]
+
+    def put_back(self, inc: list[Op], sets: list[Op] = ()) -> None:
+        """Add operations back (replayed from a spill)."""
+        self._put_back({(k, g, at): dict(v) for k, g, at, v in inc}, {(k, g, at): dict(v) for k, g, at, v in sets})
 
     def _put_back(self, inc: dict[Bucket, dict[str, Any]], sets: dict[Bucket, dict[str, Any]]) -> None:
         with self._lock:

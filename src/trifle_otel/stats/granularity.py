@@ -146,6 +146,8 @@ class Floor:
         else:
             naive = datetime(local.year + n, 1, 1)
         following = self.floor(_localize(naive, self.tz, 0), g)
+        if g.unit == "y" or local.year == 9999:  # years are aligned to year 0, not restarted
+            return following
         year_start = _localize(datetime(local.year + 1, 1, 1), self.tz, 0)
         # Buckets restart every January 1: never step over it.  (Aware datetimes in one zone
         # compare by wall time, ignoring the fold: compare instants.)
@@ -167,5 +169,8 @@ class Floor:
                     f"{len(out)}+ buckets of {g.text} between {start.isoformat()} and {end.isoformat()}: "
                     "choose a coarser granularity or a shorter range"
                 )
-            item = self.next(item, g)
+            try:
+                item = self.next(item, g)
+            except (OverflowError, ValueError):  # past year 9999
+                break
         return out

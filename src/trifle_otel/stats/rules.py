@@ -129,7 +129,15 @@ def _condition(rule: str, text: Any) -> tuple[Callable[[Span, Context], bool], s
             raise RuleError(f"rule {rule!r}: '{op}' needs a list, e.g. [\"ok\", \"unset\"] (got {raw!r})")
         choices = set(str(v) if not is_number(v) else v for v in value)
         want = op == "in"
-        return (lambda span, ctx: (get(span, ctx) in choices) == want), text.strip()
+
+        def member(span: Span, ctx: Context) -> bool:
+            v = get(span, ctx)
+            try:
+                return (v in choices) == want
+            except TypeError:  # an unhashable value (a list attribute) is in no list
+                return not want
+
+        return member, text.strip()
     if op == "==":
         if value is None:
             return (lambda span, ctx: get(span, ctx) is None), text.strip()

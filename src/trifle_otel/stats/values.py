@@ -20,16 +20,19 @@ _sanitized: dict[Any, str] = {}
 
 def sanitize_name(name: Any) -> str:
     """``"1.5"`` → ``"1_5"``, ``"$set"`` → ``"_set"``; empty names become ``"_"``."""
-    cached = _sanitized.get(name)
+    # Cached for strings only: 1, 1.0 and True are equal keys but different names.
+    is_str = type(name) is str
+    cached = _sanitized.get(name) if is_str else None
     if cached is not None:
         return cached
     text = _UNSAFE.sub("_", str(name))
     if text.startswith("$"):
         text = "_" + text[1:]
     text = text or "_"
-    if len(_sanitized) > 50_000:  # names come from data: bound the cache
-        _sanitized.clear()
-    _sanitized[name] = text
+    if is_str:
+        if len(_sanitized) > 50_000:  # names come from data: bound the cache
+            _sanitized.clear()
+        _sanitized[name] = text
     return text
 
 

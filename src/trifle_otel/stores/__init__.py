@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -10,7 +11,12 @@ from urllib.parse import unquote, urlsplit
 from ..errors import ConfigError
 from .base import DataStore, Page, TraceIndex, TraceQuery
 
-__all__ = ["DataStore", "Page", "TraceIndex", "TraceQuery", "check_urls", "open_data", "open_index", "sqlite_path"]
+__all__ = ["DataStore", "Page", "TraceIndex", "TraceQuery", "check_urls", "redact", "open_data", "open_index", "sqlite_path"]
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    return re.sub(r"//([^:/@]+):[^@/]*@", r"//\1:***@", url)
 
 
 def _local_path(url: str, scheme: str, what: str) -> Path:

@@ -7,14 +7,10 @@ from typing import Any, Callable
 from urllib.parse import urlsplit
 
 from ..errors import ConfigError, StoreError
+from . import redact
 
 DEFAULT_DATABASE = "trifle"
 MAX_BSON = 16 * 1024 * 1024
-
-
-def redact(url: str) -> str:
-    """The URL without its password, for messages and logs."""
-    return re.sub(r"//([^:/@]+):[^@/]*@", r"//\1:***@", url)
 
 
 def _client(url: str) -> Any:

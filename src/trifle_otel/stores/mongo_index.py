@@ -14,7 +14,8 @@ from typing import Any, Sequence
 
 from ..errors import StoreError
 from .base import Page, TraceQuery, decode_cursor, encode_cursor
-from .mongo import MAX_BSON, bson_size, database, redact, store_error
+from . import redact
+from .mongo import MAX_BSON, bson_size, database, store_error
 
 COLLECTION = "trifle_traces"
 

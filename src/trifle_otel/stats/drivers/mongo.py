@@ -13,7 +13,8 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Sequence
 
 from ...errors import PartialWriteError
-from ...stores.mongo import database, redact, store_error
+from ...stores import redact
+from ...stores.mongo import database, store_error
 from ..identifier import check_mode, identifier
 from ..values import read_data
 from . import Op, Ref
@@ -78,6 +79,13 @@ class MongoStatsDriver:
                         pending,
                     ) from None
             except PyMongoError as exc:
+                if attempt > 0:
+                    # An earlier attempt applied part of the batch: only the rest goes back.
+                    raise PartialWriteError(
+                        f"MongoDB at {redact(self.url)} failed on a retry ({exc}); {len(pending)} of {len(ops)} "
+                        "stats writes were not applied",
+                        pending,
+                    ) from None
                 # Nothing is known to be applied (e.g. the server was unreachable): all go back.
                 raise store_error("write stats to", self.url, exc) from None
 
