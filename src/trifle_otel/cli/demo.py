@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import sys
+from pathlib import Path
+
 import click
-from rich.console import Console
 
 from ..config import Config
 from ..stores import redact
 from .main import config_options, main
+from .traces import _console
 
 
 @main.command()
@@ -20,7 +25,7 @@ def demo(config: Config, jobs: int, seed: int) -> None:
     from ..ingest.processor import TrifleSpanProcessor
 
     config = demo_config(config)
-    console = Console(highlight=False)
+    console = _console()
     console.print(f"Running {jobs} jobs into {redact(config.resolved_index_url())} and {config.resolved_data_url()} ...")
     processor = TrifleSpanProcessor(config)
     try:
@@ -45,14 +50,46 @@ def demo(config: Config, jobs: int, seed: int) -> None:
         f"(rules: {config.stats_rules}; {stats['stats_write_errors']} write errors)."
     )
     opts = "" if config.source == "defaults" else f" --config {config.source}"
+    prog = _program()
     console.print("\nLook at it:")
     for command in (
-        f"trifle-otel traces list{opts}",
-        f"trifle-otel traces list --state error{opts}",
-        f"trifle-otel traces list --key prices --tag customer.id:acme --json{opts}",
-        f"trifle-otel traces show <reference>{opts}",
-        f"trifle-otel stats keys{opts}",
-        f"trifle-otel stats values prices/calculations --granularity 1m --from 15m{opts}",
-        f"trifle-otel rules check {config.stats_rules}",
+        f"{prog} traces list{opts}",
+        f"{prog} traces list --state error{opts}",
+        f"{prog} traces list --key prices --tag customer.id:acme --json{opts}",
+        f"{prog} traces show {_example_reference(config)}{opts}",
+        f"{prog} stats keys{opts}",
+        f"{prog} stats values prices/calculations --granularity 1m --from 15m{opts}",
+        f"{prog} rules check {config.stats_rules}",
     ):
-        console.print(f"  {command}")
+        console.print(f"  {command}", soft_wrap=True)
+
+
+def _program() -> str:
+    """How to run this command from here: ``trifle-otel`` when it is on PATH, else its path."""
+    installed = Path(sys.executable).parent / "trifle-otel"
+    found = shutil.which("trifle-otel")
+    if found and Path(found).resolve() == installed.resolve():
+        return "trifle-otel"
+    try:
+        relative = os.path.relpath(installed)
+    except ValueError:
+        return str(installed)
+    return relative if not relative.startswith("..") else str(installed)
+
+
+def _example_reference(config: Config) -> str:
+    """A calculation worth reading: nested steps, and the large payload if it is there."""
+    from ..stores import TraceQuery, open_index
+
+    try:
+        index = open_index(config.resolved_index_url())
+        try:
+            records = index.search(TraceQuery(key="prices/calculate", limit=200)).records
+        finally:
+            index.close()
+    except Exception:
+        return "<reference>"
+    if not records:
+        return "<reference>"
+    best = max(records, key=lambda r: (r["counters"]["types"]["media"], r["counters"]["max_level"], r["length"]))
+    return best["reference"][:16]

@@ -114,6 +114,8 @@ def _ms(value: float) -> str:
         return f"{value / 60_000:.1f}m"
     if value >= 1000:
         return f"{value / 1000:.2f}s"
+    if value < 10:
+        return f"{value:.1f}ms"
     return f"{value:.0f}ms"
 
 
@@ -167,7 +169,7 @@ def _print_trace(record: dict[str, Any], lines: list[dict[str, Any]]) -> None:
     for k, v in (record.get("meta") or {}).items():
         console.print(f"[dim]meta[/]       {escape(k)} = {escape(json.dumps(v, ensure_ascii=False, default=str))}")
     console.print()
-    start = lines[0]["ns"] if lines and "ns" in lines[0] else None
+    start = int(record["first_at"].timestamp() * 1_000_000) * 1000 if record.get("first_at") else None
     for line in lines:
         offset = f"+{(line['ns'] - start) / 1e6:9.1f}ms" if start is not None and "ns" in line else " " * 12
         indent = "  " * int(line.get("level", 0))
@@ -180,4 +182,5 @@ def _print_trace(record: dict[str, Any], lines: list[dict[str, Any]]) -> None:
         elif line["type"] == "head":
             style = (style + " bold").strip()
         text = escape(message).replace("\n", "\n" + " " * 13 + indent)
-        console.print(f"[dim]{offset}[/] {indent}" + (f"[{style}]{text}[/]" if style else text))
+        took = f" [dim]({_ms(line['duration'])})[/]" if "duration" in line else ""
+        console.print(f"[dim]{offset}[/] {indent}" + (f"[{style}]{text}[/]" if style else text) + took)
