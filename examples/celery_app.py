@@ -1,0 +1,42 @@
+"""A Celery app traced by trifle-otel: every task run becomes one execution trace.
+
+    pip install 'trifle-otel' celery opentelemetry-instrumentation-celery
+    celery -A examples.celery_app worker --loglevel=info
+
+With the prefork pool, set tracing up in each worker process (after the fork), as
+OpenTelemetry's Celery instrumentation recommends.  Zero-code alternative:
+    OTEL_TRACES_EXPORTER=otlp,trifle opentelemetry-instrument celery -A examples.celery_app worker
+"""
+
+from celery import Celery
+from celery.signals import worker_process_init
+from opentelemetry import trace as otel_trace
+from opentelemetry.instrumentation.celery import CeleryInstrumentor
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+
+from trifle_otel import TrifleSpanProcessor, tag, trace, warn
+
+app = Celery("pricing", broker="redis://127.0.0.1:6379/0")
+
+
+@worker_process_init.connect(weak=False)
+def init_tracing(*args, **kwargs):
+    provider = TracerProvider(resource=Resource.create({"service.name": "pricing-worker"}))
+    provider.add_span_processor(TrifleSpanProcessor(tag_attributes="customer.id"))
+    # provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))  # and your backend
+    otel_trace.set_tracer_provider(provider)
+    CeleryInstrumentor().instrument(tracer_provider=provider)
+
+
+@app.task(name="pricing.calculate_price")
+def calculate_price(product_id: str, customer_id: str) -> float:
+    otel_trace.get_current_span().set_attribute("customer.id", customer_id)
+    tag(f"product:{product_id}")
+    with trace("Fetching main product") as step:
+        step.result = product = {"id": product_id, "cost": 100.0}
+    with trace("Computing price") as step:
+        step.result = price = round(product["cost"] * 1.12, 2)
+    if price - product["cost"] < 15:
+        warn("Margin under 15%")
+    return price
