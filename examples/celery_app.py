@@ -4,12 +4,13 @@
     celery -A examples.celery_app worker --loglevel=info
 
 With the prefork pool, set tracing up in each worker process (after the fork), as
-OpenTelemetry's Celery instrumentation recommends.  Zero-code alternative:
+OpenTelemetry's Celery instrumentation recommends, and shut it down when the process
+ends (pool processes exit without running ``atexit``).  Zero-code alternative:
     OTEL_TRACES_EXPORTER=otlp,trifle opentelemetry-instrument celery -A examples.celery_app worker
 """
 
 from celery import Celery
-from celery.signals import worker_process_init
+from celery.signals import worker_process_init, worker_process_shutdown
 from opentelemetry import trace as otel_trace
 from opentelemetry.instrumentation.celery import CeleryInstrumentor
 from opentelemetry.sdk.resources import Resource
@@ -27,6 +28,14 @@ def init_tracing(*args, **kwargs):
     # provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))  # and your backend
     otel_trace.set_tracer_provider(provider)
     CeleryInstrumentor().instrument(tracer_provider=provider)
+
+
+@worker_process_shutdown.connect(weak=False)
+def stop_tracing(*args, **kwargs):
+    # Pool processes end with os._exit (no atexit): write what is buffered before that.
+    provider = otel_trace.get_tracer_provider()
+    if hasattr(provider, "shutdown"):
+        provider.shutdown()
 
 
 @app.task(name="pricing.calculate_price")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -31,7 +30,12 @@ def test_config_examples_load(monkeypatch):
 
 
 def test_celery_example_defines_its_task():
-    spec = importlib.util.spec_from_file_location("celery_app_example", EXAMPLES / "celery_app.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    assert "pricing.calculate_price" in module.app.tasks
+    # In its own interpreter: Celery keeps task names per process.
+    code = (
+        "import importlib.util, sys; spec = importlib.util.spec_from_file_location('celery_app', sys.argv[1]);"
+        "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m);"
+        "print('pricing.calculate_price' in m.app.tasks)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(EXAMPLES / "celery_app.py")], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "True"

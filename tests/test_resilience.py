@@ -32,17 +32,10 @@ def provider_with(processor):
 
 
 def test_outage_spills_to_disk_and_the_next_start_replays_exactly(tmp_path):
-    blocked = tmp_path / "blocked"
-    blocked.write_text("not a directory: the stores cannot open")
-    down = Config(
-        home=str(tmp_path / "home"),
-        index_url=f"sqlite://{blocked}/traces.db",
-        stats_url=f"sqlite://{blocked}/stats.db",
-        data_url=f"file://{blocked}/data",
-        retry_buffer=3,
-        flush_interval=0.05,
-    )
-    processor = TrifleSpanProcessor(down)
+    store = tmp_path / "store"
+    store.write_text("a file where the store directory should be: every store is down")
+    config = Config(home=str(store), spill_dir=str(tmp_path / "spill"), retry_buffer=3, flush_interval=0.05)
+    processor = TrifleSpanProcessor(config)
     provider, tracer = provider_with(processor)
     for i in range(10):
         with tracer.start_as_current_span(f"job-{i}", attributes={"trifle.key": "jobs"}):
@@ -52,25 +45,60 @@ def test_outage_spills_to_disk_and_the_next_start_replays_exactly(tmp_path):
     provider.shutdown()
     stats = processor.stats()
     assert stats["executions_written"] == 0 and stats["documents_dropped"] == 0
-    assert stats["documents_spilled"] == 10
-    assert list((tmp_path / "home" / "spill").glob("spill-*.jsonl"))
+    assert stats["documents_spilled"] == 10 and stats["stats_spilled"] > 0
+    assert list((tmp_path / "spill").glob("spill-*.jsonl"))
 
-    up = Config(home=str(tmp_path / "home"), flush_interval=0.05)  # same spill directory, working stores
-    processor = TrifleSpanProcessor(up)
+    # Another configuration (other stores) never replays these files.
+    other = TrifleSpanProcessor(Config(home=str(tmp_path / "other"), spill_dir=str(tmp_path / "spill")))
+    assert other.force_flush() and other.stats()["documents_replayed"] == 0
+    other.shutdown()
+
+    store.unlink()  # the stores are back
+    processor = TrifleSpanProcessor(config)
     provider, tracer = provider_with(processor)
     assert processor.force_flush()
     provider.shutdown()
-    assert processor.stats()["executions_written"] == 10
-    assert not list((tmp_path / "home" / "spill").glob("spill-*"))
-    index = open_index(up.resolved_index_url())
+    assert processor.stats()["documents_replayed"] == 10
+    assert not list((tmp_path / "spill").glob("spill-*"))
+    index = open_index(config.resolved_index_url())
     records = index.search(TraceQuery(limit=100)).records
     index.close()
     assert sorted(r["name"] for r in records) == sorted(f"job-{i}" for i in range(10))
     assert all(r["length"] == 2 for r in records)
-    stats = Stats(up, background=False)
+    stats = Stats(config, background=False)
     series = stats.values("jobs", T.replace(year=2000), datetime.now(timezone.utc), "1y")
     assert sum(v.get("count", 0) for v in series["values"]) == 10  # the default stats, replayed once
     stats.shutdown()
+
+
+def test_a_replay_that_fails_gives_the_file_back(tmp_path):
+    from trifle_otel.spill import Spill
+    from trifle_otel.translate import Translator
+    from conftest import execution
+
+    spill = Spill(tmp_path, 1 << 20, ["a"])
+    doc = Translator(Config()).translate(execution(make_span("job", 0, 5)), 10**18)
+    assert spill.save([doc], [("k", "1h", 0, {"count": 1})])
+    claim = spill.claim()
+    assert claim.documents[0].record == doc.record and claim.inc == [("k", "1h", 0, {"count": 1})]
+    assert spill.claim() is None  # claimed: nobody else takes it
+    claim.release()
+    again = spill.claim()
+    assert again is not None and again.documents[0].reference == doc.reference
+    again.done()
+    assert spill.pending() == 0
+
+
+def test_unencodable_values_do_not_block_other_executions(tmp_path):
+    processor = TrifleSpanProcessor(Config(home=str(tmp_path), flush_interval=0.05))
+    provider, tracer = provider_with(processor)
+    with tracer.start_as_current_span("big", attributes={"order.checksum": 2**64}):
+        pass
+    with tracer.start_as_current_span("normal"):
+        pass
+    assert processor.force_flush()
+    provider.shutdown()
+    assert processor.stats()["executions_written"] == 2
 
 
 def test_force_flush_is_false_while_the_store_refuses(tmp_path):
@@ -85,7 +113,8 @@ def test_force_flush_is_false_while_the_store_refuses(tmp_path):
 
 
 def test_a_live_root_whose_end_was_dropped_is_finished_from_what_arrived():
-    a = Assembler()
+    clock = Clock()
+    a = Assembler(clock=clock)
 
     class Source:
         ended = False
@@ -99,11 +128,24 @@ def test_a_live_root_whose_end_was_dropped_is_finished_from_what_arrived():
         return ended_root if source.ended else root
 
     assert [e.root.name for e in a.running(refresh)] == ["job"]
-    Source.ended = True  # the root ended, but its end never reached the intake
+    Source.ended = True  # the root ended; its end may still be on its way: wait
     assert a.running(refresh) == [] and a.collect() == []
-    assert a.running(refresh) == []  # seen ended twice: finished
+    clock.now = 30
+    assert a.running(refresh) == [] and a.collect() == []
+    clock.now = 61  # a minute later it has not come: it was dropped
+    assert a.running(refresh) == []
     [done] = a.collect()
     assert done.root.end_ns is not None and [s.name for s in done.spans] == ["step"]
+    a.add(ended_root)  # if it comes after all, it is not a second execution
+    assert a.collect() == [] and a.counters.late_spans == 1
+
+
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
 
 
 def test_stats_api_is_safe_across_fork(tmp_path):

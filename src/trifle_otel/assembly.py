@@ -16,6 +16,8 @@ from typing import Any, Callable
 
 from .model import Execution, Span
 
+END_LOST_AFTER = 60.0  # seconds a running root may look ended before its end counts as lost
+
 
 @dataclass(slots=True)
 class _Trace:
@@ -24,7 +26,7 @@ class _Trace:
     ended: dict[str, tuple[Span, float]] = field(default_factory=dict)  # root -> (span, ready_at)
     touched: float = 0.0
     pending: int = 0
-    ended_unseen: set[str] = field(default_factory=set)  # running roots whose source has ended
+    ended_unseen: dict[str, float] = field(default_factory=dict)  # running root -> when seen ended
 
 
 @dataclass
@@ -34,6 +36,7 @@ class AssemblyCounters:
     orphan_spans: int = 0
     overflow_spans: int = 0
     truncated_spans: int = 0
+    late_spans: int = 0
 
 
 class Assembler:
@@ -54,6 +57,7 @@ class Assembler:
         self.counters = AssemblyCounters()
         self._traces: dict[str, _Trace] = {}
         self._pending = 0
+        self._forced: dict[str, float] = {}  # roots finished without their end -> when
 
     @property
     def pending_spans(self) -> int:
@@ -68,6 +72,9 @@ class Assembler:
     def add(self, span: Span) -> None:
         """Take one ended span."""
         self.counters.spans += 1
+        if span.is_local_root and self._forced.pop(span.span_id, None) is not None:
+            self.counters.late_spans += 1  # its execution was already finished without it
+            return
         trace = self._trace(span.trace_id)
         if span.is_local_root:
             trace.started.pop(span.span_id, None)
@@ -101,6 +108,8 @@ class Assembler:
                     self.counters.orphan_spans += trace.pending
                     self._pending -= trace.pending
                     del self._traces[trace_id]
+        if self._forced:
+            self._forced = {k: t for k, t in self._forced.items() if now - t < self.orphan_timeout}
         self.counters.executions += len(done)
         return done
 
@@ -119,13 +128,14 @@ class Assembler:
                     except Exception:
                         pass
                     if root.end_ns is not None:
-                        # It ended, but its end has not reached us: on the way, or dropped
-                        # from a full intake.  Seen so twice in a row, it was dropped: finish
-                        # the execution from what we have rather than keep it running forever.
-                        if root_id in trace.ended_unseen:
+                        # It ended, but its end has not reached us: on the way (a slow
+                        # processor before ours), or dropped from a full intake.  Still
+                        # missing a minute later, it was dropped: finish the execution from
+                        # what we have rather than keep it running forever.
+                        seen = trace.ended_unseen.setdefault(root_id, self.clock())
+                        if self.clock() - seen >= END_LOST_AFTER:
                             self.add(root)
-                        else:
-                            trace.ended_unseen.add(root_id)
+                            self._forced[root_id] = self.clock()
                         continue
                 out.append(Execution(root, self._subtree(trace, root_id)))
         return out

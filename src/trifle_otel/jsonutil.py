@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -17,7 +19,17 @@ def _default(value: Any) -> Any:
 
 def dumps(value: Any) -> bytes:
     """Compact UTF-8 JSON; datetimes as ISO 8601; anything unknown as its ``str``."""
-    return orjson.dumps(value, default=_default, option=_OPTIONS)
+    try:
+        return orjson.dumps(value, default=_default, option=_OPTIONS)
+    except TypeError:
+        # orjson refuses what the stdlib takes (integers past 64 bits): never lose a document to it.
+        return json.dumps(value, default=_stdlib_default, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def _stdlib_default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return _default(value)
 
 
 def dumps_text(value: Any) -> str:

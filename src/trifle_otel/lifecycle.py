@@ -15,7 +15,7 @@ logger = logging.getLogger("trifle_otel")
 _drains: "weakref.WeakValueDictionary[int, object]" = weakref.WeakValueDictionary()
 _methods: dict[int, tuple[str, str | None]] = {}  # id -> (at exit, on SIGTERM)
 _installed = False
-_lock = threading.Lock()
+_lock = threading.RLock()  # re-entrant: a signal may arrive while the main thread holds it
 
 
 def register(owner: object, method: str = "shutdown", flush: str | None = None) -> None:
@@ -76,10 +76,13 @@ def _install_sigterm() -> None:
         return
 
     def on_sigterm(signum: int, frame) -> None:
-        drain_all(on_signal=True)
         if callable(previous):
+            # The application handles SIGTERM (often a warm shutdown that finishes the jobs
+            # at hand): write what has ended, keep tracing; the stop comes at exit.
+            drain_all(on_signal=True)
             previous(signum, frame)
-        else:  # default action: terminate, as without us
+        else:  # the process ends now, as it would without us: stop and spill first
+            drain_all()
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             os.kill(os.getpid(), signal.SIGTERM)
 

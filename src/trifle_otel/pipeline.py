@@ -3,8 +3,8 @@
 One background worker thread does everything; ingest (the span processor, the exporter,
 the OTLP receivers) only appends to the intake deque, which is bounded: when it is full
 new spans are dropped and counted, so the host application never waits on the bridge.
-Store failures are retried from a bounded buffer of finished documents; past that bound
-documents are dropped and counted.
+Store failures are retried from a bounded buffer of finished documents; past that bound,
+and at shutdown, documents go to the spill directory, replayed once the stores work.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ class PipelineCounters:
     translation_errors: int = 0
     write_errors: int = 0
     documents_spilled: int = 0
+    documents_replayed: int = 0
     documents_dropped: int = 0
 
 
@@ -142,8 +143,7 @@ class Pipeline:
         if self._stopped or not self._thread.is_alive():
             return False
         request = _FlushRequest()
-        with self._count_lock:
-            self._flush_requests.append(request)
+        self._flush_requests.append(request)  # a deque: no lock (this may run in a signal handler)
         self.wake.set()
         return request.wait(timeout)
 
@@ -172,9 +172,12 @@ class Pipeline:
         self.assembler = Assembler(grace=c.grace)
         self.wake = threading.Event()
         self._count_lock = threading.Lock()
-        self._flush_requests: list[_FlushRequest] = []
-        self._spill = Spill(c.resolved_spill_dir(), c.spill_max_bytes)
-        self._replayed = False
+        self._flush_requests: deque[_FlushRequest] = deque()
+        self._spill = Spill(
+            c.resolved_spill_dir(),
+            c.spill_max_bytes,
+            (c.resolved_index_url(), c.resolved_data_url(), c.resolved_stats_url(), c.stats_mode),
+        )
         self._stopped = False
         self._retry: "OrderedDict[str, Document]" = OrderedDict()
         self._retry_at = 0.0
@@ -215,8 +218,7 @@ class Pipeline:
             self.wake.wait(interval)
             self.wake.clear()
             stopping = self._stopped
-            with self._count_lock:
-                flushes, self._flush_requests = self._flush_requests, []
+            flushes = [self._flush_requests.popleft() for _ in range(len(self._flush_requests))]
             ok = False
             try:
                 ok = self._cycle(ignore_grace=bool(flushes), final=stopping)
@@ -227,15 +229,12 @@ class Pipeline:
                 request.done(ok)
             if stopping:
                 self._close()
-                with self._count_lock:
-                    for request in self._flush_requests:
-                        request.done(False)
+                while self._flush_requests:
+                    self._flush_requests.popleft().done(False)
                 return
 
     def _cycle(self, *, ignore_grace: bool = False, final: bool = False) -> bool:
         """One round of work; True when nothing is left waiting for the stores."""
-        if not self._replayed:
-            self._replay()
         self._drain()
         documents: list[Document] = []
         now_ns = time.time_ns()
@@ -254,23 +253,48 @@ class Pipeline:
             self._notify(execution, doc)
             documents.append(doc)
         live_docs = self._live_documents(now_ns, final)
-        self._write(documents, live_docs, final=final)
+        self._write(documents, live_docs, final=final, force=ignore_grace)
         if ignore_grace or final:
             self.execution_stats.flush()
         else:
             self.execution_stats.flush_if_due()
         if final:
             self._spill_remaining()
-        return not self._retry and not self.execution_stats.buffer.pending
+            return False
+        self._replay_spilled(budget=5.0 if ignore_grace else 0.5)
+        return not self._retry and not self.execution_stats.buffer.pending and not self._spill.pending()
 
-    def _replay(self) -> None:
-        """Take what an earlier run spilled to disk: it is written like new work."""
-        self._replayed = True
-        documents, inc, sets = self._spill.claim()
-        for doc in documents:
-            self._retry[doc.reference] = doc
-        if inc or sets:
-            self.execution_stats.buffer.put_back(inc, sets)
+    def _replay_spilled(self, budget: float) -> None:
+        """Write what was spilled to disk, a file at a time, once the stores take writes again."""
+        if self._retry or time.monotonic() < self._retry_at or not self._spill.pending():
+            return
+        try:
+            sink = self._open_sink()
+        except Exception:
+            self._retry_at = time.monotonic() + self._backoff
+            return
+        deadline = time.monotonic() + budget
+        while time.monotonic() < deadline:
+            claim = self._spill.claim()
+            if claim is None:
+                return
+            try:
+                step = self.config.retry_buffer
+                for start in range(0, len(claim.documents), step):
+                    sink.write(claim.documents[start : start + step])
+            except Exception as exc:
+                claim.release()
+                self.counters.write_errors += 1
+                self._retry_at = time.monotonic() + self._backoff
+                logger.warning("trifle-otel cannot replay spilled executions yet: %s", exc)
+                return
+            # Documents are idempotent, stats are not: they go in only once the file is done.
+            self.counters.executions_written += len(claim.documents)
+            self.counters.documents_replayed += len(claim.documents)
+            if claim.inc or claim.sets:
+                self.execution_stats.buffer.put_back(claim.inc, claim.sets)
+                self.execution_stats.flush()
+            claim.done()
 
     def _spill_remaining(self) -> None:
         """At shutdown, what the stores did not take goes to the spill directory."""
@@ -366,7 +390,7 @@ class Pipeline:
             docs.append(doc)
         return docs
 
-    def _write(self, documents: list[Document], live_docs: list[Document], *, final: bool) -> None:
+    def _write(self, documents: list[Document], live_docs: list[Document], *, final: bool, force: bool = False) -> None:
         for doc in documents:
             self._retry[doc.reference] = doc
             self._retry.move_to_end(doc.reference)
@@ -379,13 +403,11 @@ class Pipeline:
                 self.counters.documents_dropped += len(oldest)
         if not self._retry and not live_docs:
             return
-        if time.monotonic() < self._retry_at and not final:
+        if time.monotonic() < self._retry_at and not (final or force):
             return
         pending = list(self._retry.values())
         try:
-            sink = self._sink
-            if sink is None:
-                sink = self._sink = self._sink_factory()
+            sink = self._open_sink()
             if pending:
                 sink.write(pending)
             if live_docs:
@@ -412,6 +434,11 @@ class Pipeline:
         self._live_written.update(d.reference for d in live_docs)
         for doc in pending:
             self._retry.pop(doc.reference, None)
+
+    def _open_sink(self) -> TraceSink:
+        if self._sink is None:
+            self._sink = self._sink_factory()
+        return self._sink
 
     def _discard(self, doc: Document) -> None:
         try:

@@ -28,7 +28,6 @@ class TraceSink:
         """Write documents (data first, then one index batch).  Raises StoreError on failure."""
         records = []
         written: list[tuple[Document, list[bytes], str]] = []
-        fresh = not any(doc.reference in self._written for doc in documents)
         for doc in documents:
             # A live record keeps the data path of its first write even if its key changes
             # (a job's name attribute set just after its span started).
@@ -50,8 +49,8 @@ class TraceSink:
             records.append(doc.record)
             written.append((doc, digests, base))
         if records:
-            self.index.upsert(records, fresh=fresh)
-        # Only once the index has them: a failed batch is retried as it was (not "fresh").
+            self.index.upsert(records)
+        # Only once the index has them: a failed batch is retried as it was.
         for doc, digests, base in written:
             if doc.record["state"] == "running":
                 self._written[doc.reference] = digests

@@ -1,7 +1,7 @@
 """``TrifleSpanProcessor``: the drop-in span processor.
 
 On the application thread it only appends the span to the pipeline's bounded intake (no
-conversion, no I/O, no locks); the pipeline's worker does everything else.  Errors are
+conversion, no I/O); the pipeline's worker does everything else.  Errors are
 contained and counted; it never raises into the application.
 """
 
@@ -38,7 +38,7 @@ class TrifleSpanProcessor(PipelineOwner, SpanProcessor):
         self._skip_producers = config.skip_bare_producers
 
     # The two hooks below run on the application thread for every span: keep them to an
-    # append on a deque (no conversion, no lock, no I/O).  A recording span is taken even
+    # append on a deque (no conversion, no I/O; a lock only to count a drop when full).  A recording span is taken even
     # when unsampled (RECORD_ONLY): the sampler decides what backends get, not what jobs
     # are traced.
 

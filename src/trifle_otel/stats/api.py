@@ -59,7 +59,7 @@ class Stats:
         if own_driver:
             self.buffer.reopen = open_driver  # a forked child opens its own connection
         if buffered:
-            lifecycle.register(self, flush="flush")
+            lifecycle.register(self, flush="flush_on_signal")
 
     @property
     def driver(self) -> StatsDriver:
@@ -92,6 +92,12 @@ class Stats:
 
     def flush(self) -> None:
         self.buffer.flush()
+
+    def flush_on_signal(self) -> None:
+        try:
+            self.buffer.flush(lock_timeout=2.0)
+        except Exception:
+            pass  # kept in the buffer; written at exit
 
     def shutdown(self) -> None:
         lifecycle.unregister(self)

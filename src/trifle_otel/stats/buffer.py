@@ -168,42 +168,57 @@ class StatsBuffer:
     def pending(self) -> int:
         return len(self._inc) + len(self._set)
 
-    def flush(self) -> int:
-        """Write everything buffered (one bulk write); returns the buckets written."""
+    def flush(self, lock_timeout: float = -1) -> int:
+        """Write everything buffered (one bulk write); returns the buckets written.
+
+        ``lock_timeout``: give up (returning 0) rather than wait longer for the buffer, as a
+        signal handler must: the thread it interrupted may be the one holding it.
+        """
         if self.driver is None and self.reopen is not None:
             self.driver = self.reopen()
-        with self._flush_lock:
-            with self._lock:
+        if not self._flush_lock.acquire(timeout=lock_timeout):
+            return 0
+        try:
+            if not self._lock.acquire(timeout=lock_timeout):
+                return 0
+            try:
                 inc, self._inc = self._inc, {}
                 sets, self._set = self._set, {}
-            self._last_flush = time.monotonic()
-            if not inc and not sets:
-                return 0
-            self.counters.flushes += 1
-            written = len(inc) + len(sets)
-            try:
-                if inc:
-                    self.driver.inc([(k, g, at, v) for (k, g, at), v in inc.items()])
-                    inc = {}
-                if sets:
-                    self.driver.set([(k, g, at, v) for (k, g, at), v in sets.items()])
-            except PartialWriteError as exc:
-                # Only what was not applied goes back: nothing is counted twice.
-                self.counters.write_errors += 1
-                failed = {(k, g, at): v for k, g, at, v in exc.failed}
-                if inc:
-                    self._put_back(failed, sets)
-                else:
-                    self._put_back({}, failed)
-                logger.warning("trifle-otel wrote stats partly (%s); %d buckets kept for retry", exc, self.pending)
-                raise
-            except Exception as exc:
-                self.counters.write_errors += 1
-                self._put_back(inc, sets)
-                logger.warning("trifle-otel cannot write stats (%s); %d buckets kept for retry", exc, self.pending)
-                raise
-            self.counters.writes += written
-            return written
+            finally:
+                self._lock.release()
+            return self._write(inc, sets)
+        finally:
+            self._flush_lock.release()
+
+    def _write(self, inc: dict[Bucket, dict[str, Any]], sets: dict[Bucket, dict[str, Any]]) -> int:
+        self._last_flush = time.monotonic()
+        if not inc and not sets:
+            return 0
+        self.counters.flushes += 1
+        written = len(inc) + len(sets)
+        try:
+            if inc:
+                self.driver.inc([(k, g, at, v) for (k, g, at), v in inc.items()])
+                inc = {}
+            if sets:
+                self.driver.set([(k, g, at, v) for (k, g, at), v in sets.items()])
+        except PartialWriteError as exc:
+            # Only what was not applied goes back: nothing is counted twice.
+            self.counters.write_errors += 1
+            failed = {(k, g, at): v for k, g, at, v in exc.failed}
+            if inc:
+                self._put_back(failed, sets)
+            else:
+                self._put_back({}, failed)
+            logger.warning("trifle-otel wrote stats partly (%s); %d buckets kept for retry", exc, self.pending)
+            raise
+        except Exception as exc:
+            self.counters.write_errors += 1
+            self._put_back(inc, sets)
+            logger.warning("trifle-otel cannot write stats (%s); %d buckets kept for retry", exc, self.pending)
+            raise
+        self.counters.writes += written
+        return written
 
     def flush_if_due(self) -> None:
         if self.pending and (

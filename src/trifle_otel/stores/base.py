@@ -50,8 +50,8 @@ def decode_cursor(cursor: str) -> tuple[float, str]:
 
 
 class TraceIndex(Protocol):
-    def upsert(self, records: Sequence[dict[str, Any]], *, fresh: bool = False) -> None:
-        """Insert or replace records (idempotent); ``fresh`` promises none was written before."""
+    def upsert(self, records: Sequence[dict[str, Any]]) -> None:
+        """Insert or replace records (idempotent: a retried write replaces)."""
 
     def get(self, reference: str) -> dict[str, Any] | None:
         """The record with this reference, or with this unique reference prefix."""

@@ -74,7 +74,7 @@ class MongoTraceIndex:
             raise store_error("create indexes in", self.url, exc) from None
         return names
 
-    def upsert(self, records: Sequence[dict[str, Any]], *, fresh: bool = False) -> None:
+    def upsert(self, records: Sequence[dict[str, Any]]) -> None:
         from pymongo import ReplaceOne
         from pymongo.errors import BulkWriteError, PyMongoError
 

@@ -94,9 +94,8 @@ class SQLiteTraceIndex:
             ).fetchall()
         return [f"{kind} {name}" for kind, name in rows]
 
-    def upsert(self, records: Sequence[dict[str, Any]], *, fresh: bool = False) -> None:
-        """Insert or replace records.  ``fresh``: none of them was written before (the
-        common case of a deferred write), so there are no old segment/tag rows to remove."""
+    def upsert(self, records: Sequence[dict[str, Any]]) -> None:
+        """Insert or replace records (idempotent: a retried write replaces)."""
         rows, segments, tags = [], [], []
         for r in records:
             first_at = _ts(r["first_at"])
@@ -119,9 +118,8 @@ class SQLiteTraceIndex:
                     " trace_id=excluded.trace_id, record=excluded.record",
                     rows,
                 )
-                if not fresh:
-                    c.executemany("DELETE FROM trifle_traces_segments WHERE reference = ?", refs)
-                    c.executemany("DELETE FROM trifle_traces_tags WHERE reference = ?", refs)
+                c.executemany("DELETE FROM trifle_traces_segments WHERE reference = ?", refs)
+                c.executemany("DELETE FROM trifle_traces_tags WHERE reference = ?", refs)
                 c.executemany("INSERT OR IGNORE INTO trifle_traces_segments VALUES (?,?,?)", segments)
                 c.executemany("INSERT OR IGNORE INTO trifle_traces_tags VALUES (?,?,?)", tags)
                 c.execute("COMMIT")
