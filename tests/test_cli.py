@@ -143,3 +143,12 @@ def test_rules_check_span_file_errors(tmp_path):
     span.write_text("{not json")
     result = run("rules", "check", str(DEMO_RULES), "--span", str(span))
     assert result.exit_code == 1 and "is not valid JSON" in result.output
+
+
+def test_setup_prepares_the_embedded_store_and_says_what_it_did(tmp_path):
+    result = run("setup", "--home", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    for expected in ("trace index", "table trifle_traces", "index trifle_traces_first_at", "trace data",
+                     "stats (full identifiers)", "index idx_trifle_stats_key"):
+        assert expected in result.output
+    assert run("setup", "--home", str(tmp_path)).exit_code == 0  # idempotent

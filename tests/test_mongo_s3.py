@@ -87,21 +87,28 @@ def test_stats_layout_in_mongodb(mongo_url):
     assert unique and unique[0]["key"] == [("key", 1)]
 
 
-def test_partial_bulk_failure_retries_only_the_failed_operations(mongo_url):
+def failing_second_operation(driver, then):
+    """Wrap bulk_write: the first call applies every operation but the second and reports
+    that one as failed (a duplicate key from a racing upsert); later calls go to ``then``."""
     from pymongo.errors import BulkWriteError
 
-    driver = MongoStatsDriver(mongo_url)
     real = driver.collection.bulk_write
     calls = []
 
-    def flaky(ops, ordered=True):
+    def bulk_write(ops, ordered=True):
         calls.append(len(ops))
-        if len(calls) == 1:  # apply all but the second operation, then report it
+        if len(calls) == 1:
             real([op for i, op in enumerate(ops) if i != 1], ordered=False)
             raise BulkWriteError({"writeErrors": [{"index": 1, "code": 11000, "errmsg": "E11000 duplicate key"}]})
-        return real(ops, ordered=ordered)
+        return then(real, ops, ordered)
 
-    driver.collection.bulk_write = flaky
+    driver.collection.bulk_write = bulk_write
+    return calls, real
+
+
+def test_partial_bulk_failure_retries_only_the_failed_operations(mongo_url):
+    driver = MongoStatsDriver(mongo_url)
+    calls, _ = failing_second_operation(driver, lambda real, ops, ordered: real(ops, ordered=ordered))
     driver.inc([("a", "1h", HOUR, {"count": 1}), ("b", "1h", HOUR, {"count": 1}), ("c", "1h", HOUR, {"count": 1})])
     assert calls == [3, 1]
     assert driver.get([("a", "1h", HOUR), ("b", "1h", HOUR), ("c", "1h", HOUR)]) == [{"count": 1}] * 3
@@ -211,20 +218,13 @@ def test_data_url_from_config_file_with_endpoint(s3_endpoint, tmp_path, monkeypa
 
 
 def test_a_retry_that_fails_reports_only_what_was_not_applied(mongo_url):
-    from pymongo.errors import AutoReconnect, BulkWriteError
+    from pymongo.errors import AutoReconnect
 
-    driver = MongoStatsDriver(mongo_url)
-    real = driver.collection.bulk_write
-    calls = []
-
-    def failing_retry(ops, ordered=True):
-        calls.append(len(ops))
-        if len(calls) == 1:
-            real([op for i, op in enumerate(ops) if i != 1], ordered=False)
-            raise BulkWriteError({"writeErrors": [{"index": 1, "code": 11000, "errmsg": "E11000"}]})
+    def lost(real, ops, ordered):
         raise AutoReconnect("connection lost")
 
-    driver.collection.bulk_write = failing_retry
+    driver = MongoStatsDriver(mongo_url)
+    _, real = failing_second_operation(driver, lost)
     buffer = StatsBuffer(driver, [parse_granularity("1h")], Floor(), system_tracking=False)
     at = datetime.fromtimestamp(HOUR, timezone.utc)
     for key in ("a", "b", "c"):

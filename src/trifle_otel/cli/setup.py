@@ -20,24 +20,22 @@ def setup(config: Config, retentions: tuple[int, ...]) -> None:
     """Prepare the configured stores (idempotent) and print what was done."""
     check_urls(config)
     console = _console()
-    index = open_index(config.resolved_index_url())
-    try:
-        console.print(f"[bold]trace index[/] {redact(config.resolved_index_url())}")
-        for line in index.setup():
-            console.print(f"  {line}")
-    finally:
-        index.close()
-    data = open_data(config.resolved_data_url(), config)
-    try:
-        console.print(f"[bold]trace data[/] {config.resolved_data_url()}")
-        for line in data.setup(retentions or (config.retention_days,)):
-            console.print(f"  {line}")
-    finally:
-        data.close()
-    stats = open_stats_driver(config.resolved_stats_url(), mode=config.stats_mode, expire_after=config.stats_expire_after)
-    try:
-        console.print(f"[bold]stats[/] {redact(config.resolved_stats_url())} ({config.stats_mode} identifiers)")
-        for line in stats.setup():
-            console.print(f"  {line}")
-    finally:
-        stats.close()
+    days = retentions or (config.retention_days,)
+    steps = [
+        ("trace index", config.resolved_index_url(), lambda: open_index(config.resolved_index_url()), lambda s: s.setup()),
+        ("trace data", config.resolved_data_url(), lambda: open_data(config.resolved_data_url(), config), lambda s: s.setup(days)),
+        (
+            f"stats ({config.stats_mode} identifiers)",
+            config.resolved_stats_url(),
+            lambda: open_stats_driver(config.resolved_stats_url(), mode=config.stats_mode, expire_after=config.stats_expire_after),
+            lambda s: s.setup(),
+        ),
+    ]
+    for label, url, open_store, prepare in steps:
+        store = open_store()
+        try:
+            console.print(f"[bold]{label}[/] {redact(url)}")
+            for line in prepare(store):
+                console.print(f"  {line}")
+        finally:
+            store.close()
