@@ -1,10 +1,11 @@
 """The stats buffer: increments coalesced in memory, written as one bulk write per flush.
 
-Same (key, granularity, bucket) → values summed (floats stay floats), so the store writes
-per flush grow with the distinct buckets touched, not with the number of tracks.  A failed
-flush puts its increments back (summed with what came meanwhile) and is retried; past
-``max_buckets`` distinct buckets new increments are dropped and counted, so an outage
-cannot grow memory without bound.
+Tracks are summed per (key, second) as they come (floats stay floats), then spread over
+every granularity's buckets at flush, so the store writes per flush grow with the distinct
+buckets touched, not with the number of tracks, and a track costs its values, not values ×
+granularities.  A failed flush puts its increments back (summed with what came meanwhile)
+and is retried; past ``max_buckets`` entries new increments are dropped and counted, so an
+outage cannot grow memory without bound.
 """
 
 from __future__ import annotations
@@ -80,7 +81,9 @@ class StatsBuffer:
         self.flush_size = flush_size
         self.max_buckets = max_buckets
         self.counters = BufferCounters()
-        self._inc: dict[Bucket, dict[str, Any]] = {}
+        self._raw: dict[tuple[str, int], dict[str, Any]] = {}  # (key, second) -> values
+        self._calls: dict[tuple[str, int], int] = {}  # (key, second) -> calls (system tracking)
+        self._inc: dict[Bucket, dict[str, Any]] = {}  # already spread: put back or replayed
         self._set: dict[Bucket, dict[str, Any]] = {}
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
@@ -101,7 +104,7 @@ class StatsBuffer:
     def _after_fork_in_child(self) -> None:
         """Buffered increments belong to the parent (it writes them), and so do its driver's
         connections and any lock its threads held."""
-        self._inc, self._set = {}, {}
+        self._raw, self._calls, self._inc, self._set = {}, {}, {}, {}
         self._lock, self._flush_lock, self._wake = threading.Lock(), threading.Lock(), threading.Event()
         self.counters = BufferCounters()
         if self.reopen is not None:
@@ -117,38 +120,55 @@ class StatsBuffer:
         self.track_flat(key, epoch_seconds(at), flatten(values))
 
     def track_flat(self, key: str, ts: float, flat: Mapping[str, Any], count: int = 1) -> None:
+        """Add flat dotted ``values``.  They are summed per (key, second) here, and spread over
+        the granularities' buckets at flush: every bucket is a whole number of seconds, so the
+        result is the same, and a track costs its values, not values × granularities."""
         if not flat:
             return
-        bucket_of = self.floor.bucket
-        system_key = "keys." + sanitize_name(key)
-        items = flat.items()
-        system_tracking = self.system_tracking
+        second = int(ts // 1)
         with self._lock:
             self.counters.tracks += 1
-            inc = self._inc
-            for g in self.granularities:
-                at = bucket_of(ts, g)
-                text = g.text
-                values = inc.get((key, text, at))
-                if values is None:
-                    if len(inc) >= self.max_buckets:
-                        self.counters.dropped += 1
-                        continue
-                    values = inc[(key, text, at)] = dict(flat)
-                else:
-                    get = values.get
-                    for path, value in items:
-                        values[path] = get(path, 0) + value
-                if system_tracking:
-                    system = inc.get((SYSTEM_KEY, text, at))
-                    if system is None:
-                        inc[(SYSTEM_KEY, text, at)] = {"count": count, system_key: count}
-                    else:
-                        system["count"] += count
-                        system[system_key] = system.get(system_key, 0) + count
-            full = len(inc) >= self.flush_size
+            raw = self._raw
+            values = raw.get((key, second))
+            if values is None:
+                if len(raw) >= self.max_buckets:
+                    self.counters.dropped += 1
+                    return
+                raw[(key, second)] = dict(flat)
+            else:
+                get = values.get
+                for path, value in flat.items():
+                    values[path] = get(path, 0) + value
+            if self.system_tracking:
+                counts = self._calls
+                counts[(key, second)] = counts.get((key, second), 0) + count
+            full = len(raw) >= self.flush_size
         if full and self._thread is not None:
             self._wake.set()
+
+    def _spread(self, raw: dict[tuple[str, int], dict[str, Any]], calls: dict[tuple[str, int], int]) -> dict[Bucket, dict[str, Any]]:
+        """Per-second sums → per-bucket sums at every granularity (plus system tracking)."""
+        out: dict[Bucket, dict[str, Any]] = {}
+        bucket_of = self.floor.bucket
+        for g in self.granularities:
+            text = g.text
+            for (key, second), values in raw.items():
+                ident = (key, text, bucket_of(second, g))
+                target = out.get(ident)
+                if target is None:
+                    out[ident] = dict(values)
+                else:
+                    for path, value in values.items():
+                        target[path] = target.get(path, 0) + value
+            for (key, second), n in calls.items():
+                ident = (SYSTEM_KEY, text, bucket_of(second, g))
+                system = out.get(ident)
+                if system is None:
+                    system = out[ident] = {"count": 0}
+                system["count"] += n
+                path = "keys." + sanitize_name(key)
+                system[path] = system.get(path, 0) + n
+        return out
 
     def assert_(self, key: str, at: datetime | float, values: Mapping[str, Any]) -> None:
         """Set ``values`` in the buckets of ``at`` (the latest assert wins)."""
@@ -158,15 +178,29 @@ class StatsBuffer:
             for g in self.granularities:
                 bucket = self.floor.bucket(ts, g)
                 self._set.setdefault((key, g.text, bucket), {}).update(flat)
-                if self.system_tracking:
-                    system = self._inc.setdefault((SYSTEM_KEY, g.text, bucket), {})
-                    system["count"] = system.get("count", 0) + 1
-                    path = "keys." + sanitize_name(key)
-                    system[path] = system.get(path, 0) + 1
+            if self.system_tracking:
+                second = int(ts // 1)
+                self._calls[(key, second)] = self._calls.get((key, second), 0) + 1
 
     @property
     def pending(self) -> int:
-        return len(self._inc) + len(self._set)
+        return len(self._raw) + len(self._calls) + len(self._inc) + len(self._set)
+
+    def _swap(self) -> tuple[dict[Bucket, dict[str, Any]], dict[Bucket, dict[str, Any]]]:
+        """Take everything buffered (caller holds the lock), spread over the buckets."""
+        raw, self._raw = self._raw, {}
+        calls, self._calls = self._calls, {}
+        inc, self._inc = self._inc, {}
+        sets, self._set = self._set, {}
+        spread = self._spread(raw, calls)
+        for ident, values in inc.items():  # put back from a failed flush, or replayed
+            target = spread.get(ident)
+            if target is None:
+                spread[ident] = values
+            else:
+                for path, value in values.items():
+                    target[path] = target.get(path, 0) + value
+        return spread, sets
 
     def flush(self, lock_timeout: float = -1) -> int:
         """Write everything buffered (one bulk write); returns the buckets written.
@@ -182,8 +216,7 @@ class StatsBuffer:
             if not self._lock.acquire(timeout=lock_timeout):
                 return 0
             try:
-                inc, self._inc = self._inc, {}
-                sets, self._set = self._set, {}
+                inc, sets = self._swap()
             finally:
                 self._lock.release()
             return self._write(inc, sets)
@@ -232,8 +265,7 @@ class StatsBuffer:
     def take(self) -> tuple[list[Op], list[Op]]:
         """Everything buffered, as operations, leaving the buffer empty (to spill it)."""
         with self._lock:
-            inc, self._inc = self._inc, {}
-            sets, self._set = self._set, {}
+            inc, sets = self._swap()
         return [(k, g, at, v) for (k, g, at), v in inc.items()], [(k, g, at, v) for (k, g, at), v in sets.items()]
 
     def put_back(self, inc: list[Op], sets: list[Op] = ()) -> None:
