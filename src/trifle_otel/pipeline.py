@@ -262,7 +262,9 @@ class Pipeline:
             self._spill_remaining()
             return False
         self._replay_spilled(budget=5.0 if ignore_grace else 0.5)
-        return not self._retry and not self.execution_stats.buffer.pending and not self._spill.pending()
+        if self._retry or self.execution_stats.buffer.pending:
+            return False
+        return not ignore_grace or not self._spill.pending()  # (only a flush asks for the answer)
 
     def _replay_spilled(self, budget: float) -> None:
         """Write what was spilled to disk, a file at a time, once the stores take writes again."""

@@ -98,6 +98,9 @@ class Spill:
         self._lock = threading.Lock()
         self._n = 0
         self._bytes: int | None = None  # size of the directory, counted once then kept
+        # Whether files may be waiting: true at start (an earlier run's) and after a save;
+        # false once a claim finds none, so a healthy worker does not list the directory.
+        self._maybe = True
 
     def _size(self) -> int:
         if self._bytes is None:
@@ -135,6 +138,7 @@ class Spill:
                 os.replace(tmp, self.directory / name)
                 tmp = None
                 self._bytes = self._size() + len(body)
+                self._maybe = True
                 return True
         except Exception as exc:  # a full disk, an unencodable value: never raise into the worker
             logger.warning("trifle-otel cannot spill to %s: %s", self.directory, exc)
@@ -148,10 +152,14 @@ class Spill:
 
     def pending(self) -> int:
         """Spill files for our stores that wait to be replayed (claimed ones included)."""
-        try:
-            return sum(1 for _ in self.directory.glob(f"spill-{self.tag}-*"))
-        except OSError:
+        if not self._maybe:
             return 0
+        try:
+            count = sum(1 for _ in self.directory.glob(f"spill-{self.tag}-*"))
+        except OSError:
+            count = 0
+        self._maybe = count > 0
+        return count
 
     def claim(self) -> Claim | None:
         """Take the oldest spill file for our stores, or None when there is none."""
@@ -192,4 +200,5 @@ class Spill:
                 continue
             self._bytes = None
             return claim
+        self._maybe = False
         return None
