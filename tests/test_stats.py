@@ -219,3 +219,30 @@ def test_equal_values_of_different_types_get_their_own_names():
     assert flatten({"flag": {True: 1}}) == {"flag.True": 1}
     assert flatten({"flag": {1: 1}}) == {"flag.1": 1}
     assert flatten({"flag": {1.5: 1}}) == {"flag.1_5": 1}
+
+
+def test_bad_times_are_refused_at_track_and_never_poison_the_buffer(stats):
+    stats.track("k", T, {"count": 1})
+    with pytest.raises(ValueError, match="looks like milliseconds"):
+        stats.track("k", T.timestamp() * 1000, {"count": 1})
+    with pytest.raises(ValueError, match="between 1900 and 9998"):
+        stats.track("k", datetime(9999, 12, 31, tzinfo=timezone.utc), {"count": 1})
+    assert stats.values("k", T, T, "1h")["values"] == [{"count": 1}]
+
+
+def test_at_max_buckets_the_held_sums_are_kept_and_the_newest_cut(tmp_path):
+    driver = SQLiteStatsDriver(tmp_path / "s.db")
+    buffer = StatsBuffer(driver, [parse_granularity("1h")], Floor(), max_buckets=2, system_tracking=False)
+    real_inc = driver.inc
+    driver.inc = lambda ops: (_ for _ in ()).throw(StoreError("down"))
+    buffer.track("old", T, {"count": 5})
+    with pytest.raises(StoreError):
+        buffer.flush()  # "old" is held, put back
+    buffer.track("new1", T, {"count": 1})
+    buffer.track("new2", T, {"count": 1})
+    with pytest.raises(StoreError):
+        buffer.flush()
+    driver.inc = real_inc
+    buffer.flush()
+    assert driver.get([("old", "1h", HOUR)]) == [{"count": 5}]
+    assert buffer.counters.dropped >= 1

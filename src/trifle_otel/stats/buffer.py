@@ -52,6 +52,17 @@ class BufferCounters:
     dropped: int = 0
 
 
+MIN_SECONDS = -2_208_988_800  # 1900-01-01
+MAX_SECONDS = 253_370_764_800  # 9998-12-31: every bucket of it, a year included, has an end
+
+
+def _second(ts: float) -> int:
+    if not MIN_SECONDS <= ts < MAX_SECONDS:
+        hint = " (it looks like milliseconds: divide by 1000)" if MAX_SECONDS <= ts < MAX_SECONDS * 1000 else ""
+        raise ValueError(f"stats time {ts!r} is not epoch seconds between 1900 and 9998{hint}")
+    return int(ts // 1)
+
+
 def epoch_seconds(at: datetime | float | int) -> float:
     if isinstance(at, datetime):
         if at.tzinfo is None:
@@ -125,7 +136,7 @@ class StatsBuffer:
         result is the same, and a track costs its values, not values × granularities."""
         if not flat:
             return
-        second = int(ts // 1)
+        second = _second(ts)
         with self._lock:
             self.counters.tracks += 1
             raw = self._raw
@@ -153,7 +164,7 @@ class StatsBuffer:
         for g in self.granularities:
             text = g.text
             for (key, second), values in raw.items():
-                ident = (key, text, bucket_of(second, g))
+                ident = (key, text, bucket_of(second, g))  # seconds were range-checked on track
                 target = out.get(ident)
                 if target is None:
                     out[ident] = dict(values)
@@ -172,28 +183,31 @@ class StatsBuffer:
 
     def assert_(self, key: str, at: datetime | float, values: Mapping[str, Any]) -> None:
         """Set ``values`` in the buckets of ``at`` (the latest assert wins)."""
-        ts = epoch_seconds(at)
+        second = _second(epoch_seconds(at))
         flat = flatten_any(values)
         with self._lock:
             for g in self.granularities:
-                bucket = self.floor.bucket(ts, g)
+                bucket = self.floor.bucket(second, g)
                 self._set.setdefault((key, g.text, bucket), {}).update(flat)
             if self.system_tracking:
-                second = int(ts // 1)
                 self._calls[(key, second)] = self._calls.get((key, second), 0) + 1
 
     @property
     def pending(self) -> int:
         return len(self._raw) + len(self._calls) + len(self._inc) + len(self._set)
 
-    def _swap(self) -> tuple[dict[Bucket, dict[str, Any]], dict[Bucket, dict[str, Any]]]:
-        """Take everything buffered (caller holds the lock), spread over the buckets."""
-        raw, self._raw = self._raw, {}
-        calls, self._calls = self._calls, {}
-        inc, self._inc = self._inc, {}
-        sets, self._set = self._set, {}
-        spread = self._spread(raw, calls)
-        for ident, values in inc.items():  # put back from a failed flush, or replayed
+    def _swap(self) -> tuple:
+        """Take everything buffered (caller holds the lock; spread it after releasing it)."""
+        taken = (self._raw, self._calls, self._inc, self._set)
+        self._raw, self._calls, self._inc, self._set = {}, {}, {}, {}
+        return taken
+
+    def _spread_taken(self, taken: tuple) -> tuple[dict[Bucket, dict[str, Any]], dict[Bucket, dict[str, Any]]]:
+        raw, calls, inc, sets = taken
+        # What was already held (put back, replayed) comes first: if the buffer must cut at
+        # max_buckets, it cuts the newest, not the sums it has been keeping.
+        spread = inc
+        for ident, values in self._spread(raw, calls).items():
             target = spread.get(ident)
             if target is None:
                 spread[ident] = values
@@ -216,9 +230,10 @@ class StatsBuffer:
             if not self._lock.acquire(timeout=lock_timeout):
                 return 0
             try:
-                inc, sets = self._swap()
+                taken = self._swap()
             finally:
                 self._lock.release()
+            inc, sets = self._spread_taken(taken)
             return self._write(inc, sets)
         finally:
             self._flush_lock.release()
@@ -265,7 +280,8 @@ class StatsBuffer:
     def take(self) -> tuple[list[Op], list[Op]]:
         """Everything buffered, as operations, leaving the buffer empty (to spill it)."""
         with self._lock:
-            inc, sets = self._swap()
+            taken = self._swap()
+        inc, sets = self._spread_taken(taken)
         return [(k, g, at, v) for (k, g, at), v in inc.items()], [(k, g, at, v) for (k, g, at), v in sets.items()]
 
     def put_back(self, inc: list[Op], sets: list[Op] = ()) -> None:
