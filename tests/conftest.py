@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import itertools
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -142,3 +144,14 @@ def backend(request, tmp_path):
 
     open_data(config.resolved_data_url(), config).setup([config.retention_days])
     return config
+
+
+@pytest.fixture(scope="session")
+def demo_home(tmp_path_factory):
+    """The README's first command, as a user runs it: the installed console script."""
+    home = tmp_path_factory.mktemp("demo") / ".trifle"
+    env = {**os.environ, "TRIFLE_OTEL_HOME": str(home)}
+    proc = subprocess.run([str(Path(sys.executable).parent / "trifle-otel"), "demo", "--jobs", "60"], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "trifle-otel traces list" in proc.stdout
+    return home

@@ -21,17 +21,6 @@ def run(*args, env=None):
     return result
 
 
-@pytest.fixture(scope="module")
-def demo_home(tmp_path_factory):
-    """The README's first command, as a user runs it: the installed console script."""
-    home = tmp_path_factory.mktemp("demo") / ".trifle"
-    env = {**os.environ, "TRIFLE_OTEL_HOME": str(home)}
-    proc = subprocess.run([str(BIN), "demo", "--jobs", "60"], env=env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    assert "trifle-otel traces list" in proc.stdout
-    return home
-
-
 def list_json(home, *args):
     result = run("traces", "list", "--json", "--home", str(home), *args)
     assert result.exit_code == 0, result.output

@@ -7,7 +7,7 @@ import sqlite3
 
 import pytest
 from click.testing import CliRunner
-from test_cli import demo_home, list_json  # noqa: F401  (module-scoped demo run)
+from test_cli import list_json
 
 from trifle_otel.cli import main
 from trifle_otel.demo import DEMO_RULES

@@ -39,3 +39,12 @@ def test_celery_example_defines_its_task():
     proc = subprocess.run([sys.executable, "-c", code, str(EXAMPLES / "celery_app.py")], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "True"
+
+
+def test_every_source_folder_is_a_package_that_installs():
+    from setuptools import find_packages
+
+    src = EXAMPLES.parent / "src"
+    found = {p.replace(".", "/") for p in find_packages(str(src))}
+    with_code = {str(p.parent.relative_to(src)) for p in src.rglob("*.py")}
+    assert with_code <= found, f"folders without __init__.py are left out of the wheel: {with_code - found}"

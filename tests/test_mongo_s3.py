@@ -16,7 +16,6 @@ from click.testing import CliRunner
 from test_sqlite_index import record
 
 from trifle_otel.cli import main
-from trifle_otel.config import Config
 from trifle_otel.errors import ConfigError, PartialWriteError, StoreError
 from trifle_otel.stats.buffer import StatsBuffer
 from trifle_otel.stats.drivers.mongo import MongoStatsDriver

@@ -16,6 +16,7 @@ from typing import Any, Mapping
 from urllib.parse import quote
 
 from .errors import ConfigError
+from .stats.granularity import DEFAULT_GRANULARITIES
 from .yamlfile import parse_yaml, read_text
 
 ENV_CONFIG = "TRIFLE_OTEL_CONFIG"
@@ -61,7 +62,7 @@ class Config:
     # stats
     stats_rules: str | None = None
     default_stats: bool = True
-    granularities: list[str] = field(default_factory=lambda: ["1m", "1h", "1d", "1w", "1mo", "1q", "1y"])
+    granularities: list[str] = field(default_factory=lambda: list(DEFAULT_GRANULARITIES))
     time_zone: str = "UTC"
     beginning_of_week: str = "monday"
     stats_mode: str = "full"

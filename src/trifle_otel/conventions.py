@@ -36,8 +36,6 @@ EVENT_TAG = "trifle.tag"
 EVENT_EXCEPTION = "exception"
 
 STATE_EVENTS = {EVENT_FAIL: "error", EVENT_WARN: "warning", EVENT_SUCCESS: "success"}
-EXECUTION_STATES = ("running", "success", "warning", "error")
 LINE_STATES = ("success", "warning", "error", "debug")
-LINE_TYPES = ("text", "head", "raw", "media")
 
 PREFIX = "trifle."

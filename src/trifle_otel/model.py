@@ -13,9 +13,6 @@ from typing import Any, Mapping
 
 Attributes = Mapping[str, Any]
 
-KINDS = ("unspecified", "internal", "server", "client", "producer", "consumer")
-STATUSES = ("unset", "ok", "error")
-
 
 
 @dataclass(slots=True)

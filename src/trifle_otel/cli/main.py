@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 import click
 
-from ..config import Config, load_config
+from ..config import load_config
 from ..errors import TrifleError
 
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-from typing import Any, Mapping, Sequence
+from datetime import datetime
+from typing import Any, Mapping
 
 from .. import lifecycle
 from ..config import Config

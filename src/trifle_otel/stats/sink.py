@@ -16,18 +16,10 @@ from .rules import RuleSet, load_rules
 logger = logging.getLogger("trifle_otel")
 
 
-def default_values(state: str, duration_ms: float, length: int) -> dict[str, Any]:
-    """What Trifle::Traces tracks on an execution's key when it finishes."""
-    triple = {"count": 1, "sum": duration_ms, "square": duration_ms * duration_ms}
-    return {
-        "count": 1,
-        "states": {state: 1},
-        "entries": {"count": length},
-        "duration": {**triple, "states": {state: dict(triple)}},
-    }
-
-
-def _flat_default(state: str, duration: float, length: int) -> dict[str, Any]:
+def default_values(state: str, duration: float, length: int) -> dict[str, Any]:
+    """What Trifle::Traces tracks on an execution's key when it finishes, as flat paths:
+    ``{count, states: {<state>: 1}, entries: {count}, duration: {count, sum, square,
+    states: {<state>: {count, sum, square}}}}``."""
     square = duration * duration
     return {
         "count": 1,
@@ -74,7 +66,7 @@ class ExecutionStats:
                     track(t.key, t.at, t.values)
         if self.default_stats and not doc.ignored:
             end_ns = execution.root.end_ns or execution.root.start_ns
-            track(record["key"], end_ns / 1e9, _flat_default(record["state"], float(record["duration"]), record["length"]))
+            track(record["key"], end_ns / 1e9, default_values(record["state"], float(record["duration"]), record["length"]))
 
     def _ready(self) -> bool:
         if self.buffer.driver is not None:

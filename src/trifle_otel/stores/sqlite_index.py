@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -222,7 +222,3 @@ class SQLiteTraceIndex:
     def close(self) -> None:
         with self._lock:
             self._conn.close()
-
-
-def utc_now() -> datetime:
-    return datetime.now(timezone.utc)

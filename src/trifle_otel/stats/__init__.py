@@ -1,0 +1,1 @@
+"""Time-bucketed stats in the Trifle::Stats layout: granularities, buffer, drivers, rules, series."""
