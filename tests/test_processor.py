@@ -329,3 +329,46 @@ def test_home_paths_with_url_characters(tmp_path):
     provider.shutdown()
     assert (tmp_path / "a#b?c%d" / "traces.db").exists() and (tmp_path / "a#b?c%d" / "stats.db").exists()
     assert [r["key"] for r in records(config)] == ["job"]
+
+
+def test_executions_past_their_retention_are_removed_with_their_data(config):
+    from datetime import datetime, timezone
+
+    from trifle_otel.sinks import TraceSink
+    from trifle_otel.stores.directory import DirectoryDataStore
+    from trifle_otel.stores.sqlite_index import SQLiteTraceIndex
+    from trifle_otel.translate import Translator
+
+    from conftest import execution, make_span
+
+    def job(name, retention_days):  # started 2026-11-19 (conftest.T0)
+        root = make_span(name, 0, 5)
+        return Translator(Config(retention_days=retention_days)).translate(execution(root, make_span("step", 1, 2, root)), 10**18)
+
+    index = SQLiteTraceIndex(config.home_path / "traces.db")
+    data = config.home_path / "data"
+    sink = TraceSink(index, DirectoryDataStore(data))
+    old, kept = job("old", 1), job("kept", 3650)
+    sink.write([old, kept])
+    assert (data / old.record["data_path"] / "data_1.json").exists()
+    assert sink.purge_expired(datetime.now(timezone.utc)) == 1
+    assert [r["name"] for r in index.search(TraceQuery()).records] == ["kept"]
+    assert not (data / old.record["data_path"]).exists()
+    assert (data / kept.record["data_path"] / "data_1.json").exists()
+    assert sink.purge_expired(datetime.now(timezone.utc)) == 0
+
+
+def test_the_worker_purges_expired_executions(config):
+    config.retention_days = 1
+    processor = TrifleSpanProcessor(config)
+    provider = TracerProvider(shutdown_on_exit=False)
+    provider.add_span_processor(processor)
+    tracer = provider.get_tracer("t")
+    three_days_ago = time.time_ns() - 3 * 86400 * 10**9
+    tracer.start_span("expired", start_time=three_days_ago).end(end_time=three_days_ago + 10**6)
+    processor.force_flush()  # written, then found past its retention on the next cycle
+    deadline = time.monotonic() + 5
+    while processor.stats()["executions_expired"] < 1 and time.monotonic() < deadline:
+        processor.force_flush()
+    assert processor.stats()["executions_expired"] == 1 and records(config) == []
+    provider.shutdown()

@@ -16,6 +16,7 @@ import time
 import weakref
 from collections import OrderedDict, deque
 from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
 from typing import Any, Callable, Sequence
 
 from . import lifecycle
@@ -31,6 +32,7 @@ from .translate import Document, Translator
 
 logger = logging.getLogger("trifle_otel")
 
+PURGE_INTERVAL = 600.0  # seconds between removals of expired executions
 START = "start"  # intake item ``(START, span)``: a local root has started (live mode)
 
 ExecutionObserver = Callable[[Execution, Document], None]
@@ -48,6 +50,7 @@ class PipelineCounters:
     documents_spilled: int = 0
     documents_replayed: int = 0
     documents_dropped: int = 0
+    executions_expired: int = 0
 
 
 _pipelines: "weakref.WeakSet[Pipeline]" = weakref.WeakSet()
@@ -186,6 +189,7 @@ class Pipeline:
         self._live_written: set[str] = set()
         self._next_live = time.monotonic() + c.live_interval
         self._new_roots: list[Span] = []
+        self._next_purge = 0.0
 
     def _start_worker(self) -> None:
         self._thread = threading.Thread(target=self._run, name="trifle-otel-worker", daemon=True)
@@ -262,6 +266,7 @@ class Pipeline:
             self._spill_remaining()
             return False
         self._replay_spilled(budget=5.0 if ignore_grace else 0.5)
+        self._purge_expired()
         if self._retry or self.execution_stats.buffer.pending:
             return False
         return not ignore_grace or not self._spill.pending()  # (only a flush asks for the answer)
@@ -297,6 +302,17 @@ class Pipeline:
                 self.execution_stats.buffer.put_back(claim.inc, claim.sets)
                 self.execution_stats.flush()
             claim.done()
+
+    def _purge_expired(self) -> None:
+        """Every ten minutes, remove executions past their retention (embedded store)."""
+        now = time.monotonic()
+        if now < self._next_purge or self._sink is None or self._retry:
+            return
+        self._next_purge = now + PURGE_INTERVAL
+        try:
+            self.counters.executions_expired += self._sink.purge_expired(datetime.now(timezone.utc))
+        except Exception as exc:
+            logger.warning("trifle-otel cannot remove expired executions: %s", exc)
 
     def _spill_remaining(self) -> None:
         """At shutdown, what the stores did not take goes to the spill directory."""

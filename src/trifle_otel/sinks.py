@@ -8,6 +8,7 @@ whose content did not change since the last write are skipped.
 from __future__ import annotations
 
 import hashlib
+from datetime import datetime
 from typing import Any, Sequence
 
 from .stores.base import DataStore, TraceIndex
@@ -58,6 +59,19 @@ class TraceSink:
             else:
                 self._written.pop(doc.reference, None)
                 self._paths.pop(doc.reference, None)
+
+    def purge_expired(self, now: datetime, limit: int = 1000) -> int:
+        """Delete records past their retention, and their data, where the stores do not
+        expire them by themselves (MongoDB's TTL index and S3 lifecycle rules do)."""
+        expired = getattr(self.index, "expired", None)
+        if expired is None:
+            return 0
+        records = expired(now, limit)
+        for record in records:
+            base = record.get("data_path") or data_prefix(record, self.prefix)
+            self.data.delete_prefix(base, record.get("bucket_name") or None)
+        self.index.delete([r["reference"] for r in records])
+        return len(records)
 
     def discard(self, documents: Sequence[Document]) -> None:
         """Remove what live mode wrote for executions that turned out to be ignored."""

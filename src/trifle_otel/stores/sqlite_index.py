@@ -137,6 +137,15 @@ class SQLiteTraceIndex:
                 c.executemany(f"DELETE FROM {table} WHERE reference = ?", refs)
             c.execute("COMMIT")
 
+    def expired(self, before: datetime, limit: int = 1000) -> list[dict[str, Any]]:
+        """Records whose ``expires_at`` has passed (SQLite has no TTL index: the worker purges)."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT record FROM trifle_traces WHERE expires_at < ? ORDER BY expires_at LIMIT ?",
+                (_ts(before), limit),
+            ).fetchall()
+        return [decode_record(r[0]) for r in rows]
+
     def get(self, reference: str) -> dict[str, Any] | None:
         with self._lock:
             rows = self._conn.execute(
