@@ -113,6 +113,17 @@ def test_partial_bulk_failure_retries_only_the_failed_operations(mongo_url):
     assert driver.get([("a", "1h", HOUR), ("b", "1h", HOUR), ("c", "1h", HOUR)]) == [{"count": 1}] * 3
 
 
+def three_tracks_partly_refused(driver):
+    """A buffer holding one increment each for keys a, b, c, after a flush the store partly refused."""
+    buffer = StatsBuffer(driver, [parse_granularity("1h")], Floor(), system_tracking=False)
+    at = datetime.fromtimestamp(HOUR, timezone.utc)
+    for key in ("a", "b", "c"):
+        buffer.track(key, at, {"count": 1})
+    with pytest.raises(PartialWriteError):
+        buffer.flush()
+    return buffer
+
+
 def test_buffer_puts_back_only_what_was_not_applied(mongo_url):
     from pymongo.errors import BulkWriteError
 
@@ -127,12 +138,7 @@ def test_buffer_puts_back_only_what_was_not_applied(mongo_url):
         return real(ops, ordered=ordered)
 
     driver.collection.bulk_write = refusing
-    buffer = StatsBuffer(driver, [parse_granularity("1h")], Floor(), system_tracking=False)
-    at = datetime.fromtimestamp(HOUR, timezone.utc)
-    for key in ("a", "b", "c"):
-        buffer.track(key, at, {"count": 1})
-    with pytest.raises(PartialWriteError):
-        buffer.flush()
+    buffer = three_tracks_partly_refused(driver)
     assert buffer.pending == 2
     state["fail"] = False
     buffer.flush()
@@ -224,12 +230,7 @@ def test_a_retry_that_fails_reports_only_what_was_not_applied(mongo_url):
 
     driver = MongoStatsDriver(mongo_url)
     _, real = failing_second_operation(driver, lost)
-    buffer = StatsBuffer(driver, [parse_granularity("1h")], Floor(), system_tracking=False)
-    at = datetime.fromtimestamp(HOUR, timezone.utc)
-    for key in ("a", "b", "c"):
-        buffer.track(key, at, {"count": 1})
-    with pytest.raises(PartialWriteError):
-        buffer.flush()
+    buffer = three_tracks_partly_refused(driver)
     driver.collection.bulk_write = real
     buffer.flush()
     assert driver.get([("a", "1h", HOUR), ("b", "1h", HOUR), ("c", "1h", HOUR)]) == [{"count": 1}] * 3

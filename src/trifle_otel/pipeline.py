@@ -35,9 +35,6 @@ logger = logging.getLogger("trifle_otel")
 PURGE_INTERVAL = 600.0  # seconds between removals of expired executions
 START = "start"  # intake item ``(START, span)``: a local root has started (live mode)
 
-ExecutionObserver = Callable[[Execution, Document], None]
-
-
 @dataclass
 class PipelineCounters:
     spans_dropped: int = 0
@@ -98,7 +95,6 @@ class Pipeline:
         self.max_queue = config.queue_size
         self.wake_at = min(wake_at, max(1, config.queue_size // 4))
         self.counters = PipelineCounters()
-        self.observers: list[ExecutionObserver] = []
         self._convert = convert
         self._sink_factory = sink_factory or self._default_sink
         self._sink: TraceSink | None = None
@@ -254,7 +250,7 @@ class Pipeline:
                     self._discard(doc)
                 continue
             self._live_written.discard(doc.reference)
-            self._notify(execution, doc)
+            self._observe_stats(execution, doc)
             documents.append(doc)
         live_docs = self._live_documents(now_ns, final)
         self._write(documents, live_docs, final=final, force=ignore_grace)
@@ -368,15 +364,6 @@ class Pipeline:
             except Exception:
                 self.counters.processor_errors += 1
                 logger.exception("stats rules failed on execution %s", doc.reference)
-
-    def _notify(self, execution: Execution, doc: Document) -> None:
-        self._observe_stats(execution, doc)
-        for observer in self.observers:
-            try:
-                observer(execution, doc)
-            except Exception:
-                self.counters.processor_errors += 1
-                logger.exception("execution observer failed")
 
     def _live_documents(self, now_ns: int, final: bool) -> list[Document]:
         """Running records: new roots at once, every running root each ``live_interval``."""

@@ -162,9 +162,9 @@ def check_command(file: str, span_file: str | None) -> None:
     """Validate FILE and explain each rule; with --span, show what a span would track."""
     ruleset = load_rules(file)
     console = _console()
-    raw = _raw_rules(file)
     console.print(f"{file}: {len(ruleset)} rule(s), all valid.")
-    for rule, spec in zip(ruleset.rules, raw):
+    for rule in ruleset.rules:
+        spec = rule.spec
         console.print(f"\n[bold]{escape(rule.name)}[/]")
         console.print("  when:   " + escape(" and ".join(describe(rule))))
         console.print("  keys:   " + escape(", ".join(map(str, spec.get("keys") if isinstance(spec.get("keys"), list) else [spec.get("keys")]))))
@@ -186,12 +186,3 @@ def check_command(file: str, span_file: str | None) -> None:
         for t in tracks:
             console.print(f"span {escape(span.name)} → rule {escape(t.rule)!s}: track({escape(t.key)}, "
                           f"{escape(json.dumps(nest(t.values), ensure_ascii=False))})")
-
-
-def _raw_rules(file: str) -> list[dict[str, Any]]:
-    import yaml
-
-    data = yaml.safe_load(Path(file).read_text())
-    if isinstance(data, dict):
-        data = data.get("rules")
-    return [r if isinstance(r, dict) else {} for r in (data or [])]

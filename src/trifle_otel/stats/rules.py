@@ -64,6 +64,7 @@ class Rule:
     emit: Emitter
     at_start: bool = False
     explain: list[str] = field(default_factory=list)
+    spec: Mapping[str, Any] = field(default_factory=dict)  # as written, for `rules check`
 
 
 @dataclass(slots=True)
@@ -341,7 +342,7 @@ def compile_rule(raw: Any, index: int) -> Rule:
     at = raw.get("at", "end")
     if at not in ("start", "end"):
         raise RuleError(f"rule {name!r}: 'at' is start or end (got {at!r})")
-    return Rule(name.strip(), conditions, key_fns, emit, at == "start", explain)
+    return Rule(name.strip(), conditions, key_fns, emit, at == "start", explain, dict(raw))
 
 
 class RuleSet:
