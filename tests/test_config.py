@@ -11,7 +11,7 @@ from trifle_otel.errors import ConfigError
 def test_defaults_put_the_embedded_store_under_dot_trifle(tmp_path):
     config = load_config(environ={})
     assert config.resolved_index_url() == f"sqlite://{tmp_path / '.trifle' / 'traces.db'}"
-    assert config.resolved_data_url() == f"file://{tmp_path / '.trifle' / 'data'}"
+    assert config.resolved_data_url() == f"sqlite://{tmp_path / '.trifle' / 'data.db'}"
     assert config.resolved_stats_url() == f"sqlite://{tmp_path / '.trifle' / 'stats.db'}"
 
 

@@ -71,7 +71,7 @@ def test_outage_spills_to_disk_and_the_next_start_replays_exactly(tmp_path):
 
 
 def test_a_replay_that_fails_gives_the_file_back(tmp_path):
-    from trifle_otel.spill import Spill
+    from trifle_otel.pipeline.spill import Spill
     from trifle_otel.translate import Translator
     from conftest import execution
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 from .model import Execution, Span
@@ -27,6 +27,7 @@ class _Trace:
     touched: float = 0.0
     pending: int = 0
     ended_unseen: dict[str, float] = field(default_factory=dict)  # running root -> when seen ended
+    open: dict[str, Any] = field(default_factory=dict)  # started steps not ended yet (live): id -> source
 
 
 @dataclass
@@ -69,6 +70,14 @@ class Assembler:
         trace = self._trace(root.trace_id)
         trace.started[root.span_id] = (root, source)
 
+    def open(self, trace_id: str, span_id: str, source: Any) -> None:
+        """Record that a step (a child span) has started (live mode): a running record shows
+        it as the step the job is in until it ends.  ``source`` is converted only when a
+        running record is made, so a short job's steps cost a dict entry each."""
+        trace = self._traces.get(trace_id)
+        if trace is not None and trace.started:
+            trace.open[span_id] = source
+
     def add(self, span: Span) -> None:
         """Take one ended span."""
         self.counters.spans += 1
@@ -80,6 +89,8 @@ class Assembler:
             trace.started.pop(span.span_id, None)
             trace.ended[span.span_id] = (span, self.clock() + self.grace)
             return
+        if trace.open:
+            trace.open.pop(span.span_id, None)
         if self._pending >= self.max_pending_spans:
             self.counters.overflow_spans += 1
             return
@@ -101,6 +112,8 @@ class Assembler:
                 if ignore_grace or final or ready_at <= now:
                     del trace.ended[root_id]
                     done.append(Execution(root, self._take_subtree(trace, root_id)))
+            if not trace.started and trace.open:
+                trace.open.clear()
             if not trace.ended and (final or not trace.started):
                 if trace.pending == 0:
                     del self._traces[trace_id]
@@ -113,15 +126,24 @@ class Assembler:
         self.counters.executions += len(done)
         return done
 
-    def running(self, refresh: Callable[[Any], Span] | None = None) -> list[Execution]:
-        """Snapshots of the executions whose root is still running, with what has ended so far.
+    def running(
+        self, refresh: Callable[[Any], Span] | None = None, only: set[tuple[str, str]] | None = None
+    ) -> list[Execution]:
+        """Snapshots of the executions whose root is still running: the steps ended so far
+        and the open ones (``end_ns`` None).  ``only``: just these (trace id, root id).
 
         ``refresh`` re-reads a root from its source: attributes set after the start (a job's
         name, its customer) show in the running record as soon as they are set.
         """
         out = []
-        for trace in list(self._traces.values()):
+        if only is not None:
+            traces = [self._traces[t] for t in {t for t, _ in only} if t in self._traces]
+        else:
+            traces = list(self._traces.values())
+        for trace in traces:
             for root_id, (root, source) in list(trace.started.items()):
+                if only is not None and (root.trace_id, root_id) not in only:
+                    continue
                 if refresh is not None and source is not None:
                     try:
                         root = refresh(source)
@@ -137,7 +159,7 @@ class Assembler:
                             self.add(root)
                             self._forced[root_id] = self.clock()
                         continue
-                out.append(Execution(root, self._subtree(trace, root_id)))
+                out.append(Execution(root, self._subtree(trace, root_id, refresh)))
         return out
 
     # -- internals ---------------------------------------------------------------------
@@ -149,11 +171,22 @@ class Assembler:
         trace.touched = self.clock()
         return trace
 
-    def _subtree(self, trace: _Trace, root_id: str) -> list[Span]:
+    def _subtree(self, trace: _Trace, root_id: str, refresh: Callable[[Any], Span] | None = None) -> list[Span]:
+        """Ended and open descendants of a running root (open ones with ``end_ns`` None)."""
+        open_by_parent: dict[str, list[Span]] = defaultdict(list)
+        for span_id, source in list(trace.open.items()):
+            try:
+                span = source if type(source) is Span or refresh is None else refresh(source)
+            except Exception:
+                continue
+            if span.end_ns is not None:  # it ended; its end is on the way
+                span = replace(span, end_ns=None)
+            open_by_parent[span.parent_span_id].append(span)  # type: ignore[index]
         out: list[Span] = []
         stack = [root_id]
         while stack:
-            for child in trace.children.get(stack.pop(), ()):
+            parent = stack.pop()
+            for child in (*trace.children.get(parent, ()), *open_by_parent.get(parent, ())):
                 out.append(child)
                 stack.append(child.span_id)
         return out

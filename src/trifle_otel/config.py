@@ -39,6 +39,7 @@ class Config:
     stats_url: str | None = None
     s3_endpoint_url: str | None = None
     s3_region: str | None = None
+    s3_concurrency: int = 32
     # traces
     key_template: str | None = None
     key_attributes: list[str] = field(default_factory=lambda: list(DEFAULT_KEY_ATTRIBUTES))
@@ -80,7 +81,7 @@ class Config:
         return self.index_url or "sqlite://" + quote(str(self.home_path / "traces.db"))
 
     def resolved_data_url(self) -> str:
-        return self.data_url or "file://" + quote(str(self.home_path / "data"))
+        return self.data_url or "sqlite://" + quote(str(self.home_path / "data.db"))
 
     def resolved_stats_url(self) -> str:
         return self.stats_url or "sqlite://" + quote(str(self.home_path / "stats.db"))
@@ -89,7 +90,8 @@ class Config:
         return Path(self.spill_dir).expanduser().resolve() if self.spill_dir else self.home_path / "spill"
 
     def validate(self) -> "Config":
-        for name in ("retention_days", "payload_size_limit", "part_size", "queue_size", "retry_buffer", "spill_max_bytes"):
+        for name in ("retention_days", "payload_size_limit", "part_size", "queue_size", "retry_buffer", "spill_max_bytes",
+                     "s3_concurrency"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"setting '{name}' must be a positive number (got {getattr(self, name)!r})")
         for name in ("live_interval", "stuck_after", "flush_interval"):
@@ -112,7 +114,7 @@ _WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday",
 
 # Which section of the file each setting lives in.
 SECTIONS: dict[str, tuple[str, ...]] = {
-    "store": ("home", "index_url", "data_url", "stats_url", "s3_endpoint_url", "s3_region"),
+    "store": ("home", "index_url", "data_url", "stats_url", "s3_endpoint_url", "s3_region", "s3_concurrency"),
     "traces": (
         "key_template",
         "key_attributes",

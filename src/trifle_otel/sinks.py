@@ -7,7 +7,6 @@ whose content did not change since the last write are skipped.
 
 from __future__ import annotations
 
-import hashlib
 from datetime import datetime
 from typing import Any, Sequence
 
@@ -22,43 +21,57 @@ class TraceSink:
         self.data = data
         self.compressed = compressed
         self.prefix = data.prefix
-        self._written: dict[str, list[bytes]] = {}  # reference -> digests of parts written (live)
+        self._written: dict[str, list[int]] = {}  # reference -> hashes of parts written (live)
         self._paths: dict[str, str] = {}  # reference -> data path of its first live write
 
-    def write(self, documents: Sequence[Document]) -> None:
-        """Write documents (data first, then one index batch).  Raises StoreError on failure."""
-        records = []
-        written: list[tuple[Document, list[bytes], str]] = []
-        for doc in documents:
+    def write(self, documents: Sequence[Document]) -> list[Document]:
+        """Write documents: all their data in one batch, then one index batch for those whose
+        data is in.  Returns the documents whose data could not be written (retried alone);
+        raises StoreError when none could be, or when the index refused the batch."""
+        items: list[tuple[str, bytes, str | None]] = []
+        owners: list[int] = []  # items[i] belongs to documents[owners[i]]
+        bases: list[tuple[str, list[int] | None]] = []
+        for number, doc in enumerate(documents):
             # A live record keeps the data path of its first write even if its key changes
             # (a job's name attribute set just after its span started).
             base = self._paths.get(doc.reference) or data_prefix(doc.record, self.prefix)
             bucket = self.data.bucket_for(doc.reference)
             doc.record["data_path"] = base
             doc.record["bucket_name"] = bucket
-            seen = self._written.get(doc.reference, [])
-            digests = []
-            for number, lines in enumerate(doc.parts, start=1):
+            # Parts unchanged since the previous live write are not written again.
+            seen = self._written.get(doc.reference)
+            live = seen is not None or doc.record["state"] == "running"
+            digests: list[int] | None = [] if live else None
+            for part, lines in enumerate(doc.parts, start=1):
                 body = encode_part(lines, self.compressed)
-                digest = hashlib.blake2b(body, digest_size=16).digest()
-                digests.append(digest)
-                if number <= len(seen) and seen[number - 1] == digest:
-                    continue
-                self.data.put(base + part_name(number, self.compressed), body, bucket)
+                if digests is not None:
+                    digest = hash(body)
+                    digests.append(digest)
+                    if seen is not None and part <= len(seen) and seen[part - 1] == digest:
+                        continue
+                items.append((base + part_name(part, self.compressed), body, bucket))
+                owners.append(number)
             for name, body in doc.artifacts:
-                self.data.put(base + "artifacts/" + name, body, bucket)
-            records.append(doc.record)
-            written.append((doc, digests, base))
-        if records:
-            self.index.upsert(records)
+                items.append((base + "artifacts/" + name, body, bucket))
+                owners.append(number)
+            bases.append((base, digests))
+        failed_docs: set[int] = set()
+        if items:
+            failed_docs = {owners[i] for i in self.data.put_many(items)}
+        written = [n for n in range(len(documents)) if n not in failed_docs]
+        if written:
+            self.index.upsert([documents[n].record for n in written])
         # Only once the index has them: a failed batch is retried as it was.
-        for doc, digests, base in written:
+        for n in written:
+            doc = documents[n]
+            base, digests = bases[n]
             if doc.record["state"] == "running":
-                self._written[doc.reference] = digests
+                self._written[doc.reference] = digests or []
                 self._paths[doc.reference] = base
             else:
                 self._written.pop(doc.reference, None)
                 self._paths.pop(doc.reference, None)
+        return [documents[n] for n in sorted(failed_docs)]
 
     def purge_expired(self, now: datetime, limit: int = 1000) -> int:
         """Delete records past their retention, and their data, where the stores do not

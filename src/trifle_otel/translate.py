@@ -154,6 +154,8 @@ class Translator:
             "service": str(root.resource.get("service.name", "")),
             "links": _links(root),
         }
+        if execution.running:
+            record["open_steps"] = builder.open_steps
         return Document(record, lines, parts, artifacts, ignored)
 
     # -- internals ---------------------------------------------------------------------
@@ -295,10 +297,11 @@ def _children_by_parent(root: Span, spans: list[Span]) -> dict[str, list[Span]]:
 
 
 class _LineBuilder:
-    __slots__ = ("lines",)
+    __slots__ = ("lines", "open_steps")
 
     def __init__(self, lines: list[dict[str, Any]]) -> None:
         self.lines = lines
+        self.open_steps: list[dict[str, Any]] = []  # outermost first
 
     def add(self, ns: int, message: str, level: int, state: str = "success", kind: str = "text") -> dict[str, Any]:
         line = {"at": ns // 1_000_000_000, "message": message, "state": state, "type": kind, "level": level, "ns": ns}
@@ -318,7 +321,15 @@ class _LineBuilder:
 
     def span(self, span: Span, children: dict[str, list[Span]], level: int) -> None:
         head = "head" if span.attributes.get(cv.HEAD) else "text"
-        self.add(span.start_ns, span.name + BEGIN, level, "success", head)["span_id"] = span.span_id
+        begin = self.add(span.start_ns, span.name + BEGIN, level, "success", head)
+        begin["span_id"] = span.span_id
+        if span.end_ns is None:  # a step of a running job that has not ended: no end line yet
+            begin["open"] = True
+            self.open_steps.append(
+                {"name": span.name, "span_id": span.span_id, "at": span.start_ns / 1e9, "level": level}
+            )
+            self.content(span, children, level + 1)
+            return
         self.content(span, children, level + 1)
         end_ns = span.end_ns if span.end_ns is not None else span.start_ns
         line = self.add(end_ns, span.name + END, level, "error" if span.status == "error" else "success")

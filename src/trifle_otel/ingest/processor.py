@@ -14,9 +14,9 @@ from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.trace import SpanKind
 
 from ..config import Config, load_config
-from ..pipeline import START, Pipeline
+from ..pipeline import OPEN, START, Pipeline
 from . import PipelineOwner
-from .sdk import from_readable_span
+from .sdk import from_readable_span, span_ids
 
 
 class TrifleSpanProcessor(PipelineOwner, SpanProcessor):
@@ -33,31 +33,43 @@ class TrifleSpanProcessor(PipelineOwner, SpanProcessor):
         elif settings or config_file:
             raise TypeError("pass either a Config or config_file/settings, not both")
         self.config = config
-        self.pipeline = Pipeline(config, convert=from_readable_span)
+        self.pipeline = Pipeline(config, convert=from_readable_span, ids=span_ids)
         self._live = config.live
         self._skip_producers = config.skip_bare_producers
 
     # The two hooks below run on the application thread for every span: keep them to an
-    # append on a deque (no conversion, no I/O; a lock only to count a drop when full).  A recording span is taken even
-    # when unsampled (RECORD_ONLY): the sampler decides what backends get, not what jobs
-    # are traced.
+    # append on a deque (no conversion, no I/O; a lock only to count a drop when full).  A
+    # recording span is taken even when unsampled (RECORD_ONLY): the sampler decides what
+    # backends get, not what jobs are traced.  In live mode a start is recorded too: a local
+    # root's, so a running job has a record at once, and a step's, so a job's record says
+    # which step it is in while it runs.
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
         if not self._live:
             return
         try:
             parent = span.parent
-            if (parent is None or parent.is_remote) and not (self._skip_producers and span.kind is SpanKind.PRODUCER):
-                self.pipeline.submit((START, span))
+            if parent is not None and not parent.is_remote:
+                item = (OPEN, span)
+            elif self._skip_producers and span.kind is SpanKind.PRODUCER:
+                return
+            else:
+                item = (START, span)
+            intake = self.pipeline.intake
+            queue = intake.queue
+            if len(queue) < intake.max_items and not intake.closed:
+                queue.append(item)
+            else:
+                intake.count_dropped()
         except Exception:
             self.pipeline.counters.processor_errors += 1  # (only on an SDK contract change)
 
     def on_end(self, span: ReadableSpan) -> None:
-        pipeline = self.pipeline
-        intake = pipeline.intake
-        if len(intake) < pipeline.max_queue and not pipeline._stopped:
-            intake.append(span)
-            if len(intake) >= pipeline.wake_at:
-                pipeline.wake.set()
+        intake = self.pipeline.intake
+        queue = intake.queue
+        if len(queue) < intake.max_items and not intake.closed:
+            queue.append(span)
+            if len(queue) >= intake.wake_at:
+                intake.wake.set()
         else:
-            pipeline.count_dropped()
+            intake.count_dropped()

@@ -96,3 +96,9 @@ def from_readable_span(span: ReadableSpan) -> Span:
         _resource(span),
         scope.name if scope is not None else "",
     )
+
+
+def span_ids(span: ReadableSpan) -> tuple[str, str]:
+    """(trace id, span id) of an SDK span as hex, without converting the rest of it."""
+    ctx = span.context
+    return format(ctx.trace_id, "032x"), format(ctx.span_id, "016x")

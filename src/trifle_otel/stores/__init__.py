@@ -11,6 +11,8 @@ from urllib.parse import unquote, urlsplit
 from ..errors import ConfigError
 from .base import DataStore, Page, TraceIndex, TraceQuery
 
+DATA_SCHEMES = ("sqlite", "file", "s3")
+
 __all__ = ["DataStore", "Page", "TraceIndex", "TraceQuery", "check_urls", "redact", "open_data", "open_index", "sqlite_path"]
 
 
@@ -53,7 +55,13 @@ def open_index(url: str) -> TraceIndex:
 
 
 def open_data(url: str, config: Any = None) -> DataStore:
-    scheme = _scheme(url, "data store", ("file", "s3"))
+    scheme = _scheme(url, "data store", DATA_SCHEMES)
+    if scheme == "sqlite":
+        from .sqlite_data import SQLiteDataStore
+
+        path = sqlite_path(url, "data store")
+        # A home written before the data moved into SQLite keeps its files in <home>/data.
+        return SQLiteDataStore(path, legacy_dir=path.parent / "data")
     if scheme == "file":
         from .directory import DirectoryDataStore
 
@@ -64,15 +72,15 @@ def open_data(url: str, config: Any = None) -> DataStore:
         url,
         endpoint_url=getattr(config, "s3_endpoint_url", None),
         region=getattr(config, "s3_region", None),
+        concurrency=getattr(config, "s3_concurrency", 32),
     )
 
 
 def check_urls(config: Any) -> None:
     """Refuse unsupported store URLs when the configuration loads, not at the first write."""
     _scheme(config.resolved_index_url(), "trace index", ("sqlite", "mongodb", "mongodb+srv"))
-    _scheme(config.resolved_data_url(), "data store", ("file", "s3"))
     _scheme(config.resolved_stats_url(), "stats store", ("sqlite", "mongodb", "mongodb+srv"))
-    if _scheme(config.resolved_data_url(), "data store", ("file", "s3")) == "s3":
+    if _scheme(config.resolved_data_url(), "data store", DATA_SCHEMES) == "s3":
         from .s3 import parse_s3_url
 
         parse_s3_url(config.resolved_data_url())

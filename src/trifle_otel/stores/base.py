@@ -72,6 +72,13 @@ class DataStore(Protocol):
 
     def put(self, path: str, body: bytes, bucket: str | None = None) -> None: ...
 
+    def put_many(self, items: Sequence[tuple[str, bytes, str | None]]) -> list[int]:
+        """Write ``(path, body, bucket)`` items in as few round trips as the store allows.
+
+        Returns the indexes of the items that were not written (their executions are
+        retried alone); raises StoreError when none was.
+        """
+
     def get(self, path: str, bucket: str | None = None) -> bytes | None:
         """The object's bytes, or None when there is no such object."""
 

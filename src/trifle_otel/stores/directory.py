@@ -12,12 +12,14 @@ from .layout import DEFAULT_PREFIX
 
 
 class DirectoryDataStore:
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, *, create: bool = True) -> None:
         self.root = Path(root)
         self.bucket_name = ""
         self.prefix = DEFAULT_PREFIX
         self._root = str(self.root.resolve())
         self._made: set[str] = set()
+        if not create:
+            return
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -55,6 +57,20 @@ class DirectoryDataStore:
             os.replace(tmp, path)
         except OSError as exc:
             raise StoreError(f"cannot write {path}: {exc.strerror}") from None
+
+    def put_many(self, items) -> list[int]:
+        """Write each item; returns the indexes of those that failed (raises when all did)."""
+        failed: list[int] = []
+        error: StoreError | None = None
+        for number, (key, body, _) in enumerate(items):
+            try:
+                self.put(key, body)
+            except StoreError as exc:
+                failed.append(number)
+                error = exc
+        if error is not None and len(failed) == len(items):
+            raise error
+        return failed
 
     def get(self, key: str, bucket: str | None = None) -> bytes | None:
         path = self._path(key)

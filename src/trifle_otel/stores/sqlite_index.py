@@ -76,6 +76,17 @@ def connect_sqlite(path: Path, what: str) -> sqlite3.Connection:
         ) from None
 
 
+def execute_rows(conn: sqlite3.Connection, sql: str, flat: list[Any], width: int, *, group: bool = True) -> None:
+    """Run ``sql`` with its ``{}`` filled by as many rows of ``width`` parameters as one
+    statement takes (SQLite's bound-parameter limit), so a batch is a few calls, not one a row."""
+    limit = min(conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER), 30_000)
+    step = max(limit // width, 1) * width
+    row = "(" + ",".join("?" * width) + ")" if group else "?"
+    for start in range(0, len(flat), step):
+        chunk = flat[start : start + step]
+        conn.execute(sql.format(",".join([row] * (len(chunk) // width))), chunk)
+
+
 class SQLiteTraceIndex:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -95,37 +106,44 @@ class SQLiteTraceIndex:
         return [f"{kind} {name}" for kind, name in rows]
 
     def upsert(self, records: Sequence[dict[str, Any]]) -> None:
-        """Insert or replace records (idempotent: a retried write replaces)."""
-        rows, segments, tags = [], [], []
+        """Insert or replace records (idempotent: a retried write replaces).
+
+        One transaction of a few multi-row statements: each statement is one call into
+        SQLite, so a batch releases the interpreter lock a handful of times, not per row.
+        """
+        rows: list[Any] = []
+        segments: list[Any] = []
+        tags: list[Any] = []
+        refs: list[str] = []
         for r in records:
             first_at = _ts(r["first_at"])
-            rows.append(
-                (r["reference"], r["key"], r["state"], first_at, _ts(r["last_at"]), int(r["duration"]),
+            reference = r["reference"]
+            refs.append(reference)
+            rows.extend(
+                (reference, r["key"], r["state"], first_at, _ts(r["last_at"]), int(r["duration"]),
                  _ts(r["expires_at"]), r.get("trace_id"), _encode(r))
             )
-            segments.extend((s, first_at, r["reference"]) for s in r["segments"])
-            tags.extend((t, first_at, r["reference"]) for t in r["tags"])
-        refs = [(r["reference"],) for r in records]
+            for s in r["segments"]:
+                segments.extend((s, first_at, reference))
+            for t in r["tags"]:
+                tags.extend((t, first_at, reference))
         with self._lock:
+            c = self._conn
             try:
-                c = self._conn
-                c.execute("BEGIN")
-                c.executemany(
-                    "INSERT INTO trifle_traces (reference, key, state, first_at, last_at, duration, expires_at,"
-                    " trace_id, record) VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT(reference) DO UPDATE SET"
-                    " key=excluded.key, state=excluded.state, first_at=excluded.first_at,"
-                    " last_at=excluded.last_at, duration=excluded.duration, expires_at=excluded.expires_at,"
-                    " trace_id=excluded.trace_id, record=excluded.record",
-                    rows,
-                )
-                c.executemany("DELETE FROM trifle_traces_segments WHERE reference = ?", refs)
-                c.executemany("DELETE FROM trifle_traces_tags WHERE reference = ?", refs)
-                c.executemany("INSERT OR IGNORE INTO trifle_traces_segments VALUES (?,?,?)", segments)
-                c.executemany("INSERT OR IGNORE INTO trifle_traces_tags VALUES (?,?,?)", tags)
+                c.execute("BEGIN IMMEDIATE")
+                execute_rows(c, "INSERT INTO trifle_traces (reference, key, state, first_at, last_at, duration, expires_at,"
+                      " trace_id, record) VALUES {} ON CONFLICT(reference) DO UPDATE SET"
+                      " key=excluded.key, state=excluded.state, first_at=excluded.first_at,"
+                      " last_at=excluded.last_at, duration=excluded.duration, expires_at=excluded.expires_at,"
+                      " trace_id=excluded.trace_id, record=excluded.record", rows, 9)
+                for table in ("trifle_traces_segments", "trifle_traces_tags"):
+                    execute_rows(c, f"DELETE FROM {table} WHERE reference IN ({{}})", refs, 1, group=False)
+                execute_rows(c, "INSERT OR IGNORE INTO trifle_traces_segments VALUES {}", segments, 3)
+                execute_rows(c, "INSERT OR IGNORE INTO trifle_traces_tags VALUES {}", tags, 3)
                 c.execute("COMMIT")
             except sqlite3.Error as exc:
-                if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
+                if c.in_transaction:
+                    c.execute("ROLLBACK")
                 raise StoreError(f"cannot write to the trace index {self.path}: {exc}") from None
 
     def delete(self, references: Sequence[str]) -> None:

@@ -24,9 +24,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterable
 
-from .jsonutil import dumps, loads
-from .stores.base import TIME_FIELDS
-from .translate import Document
+from ..jsonutil import dumps, loads
+from ..stores.base import TIME_FIELDS
+from ..translate import Document
 
 logger = logging.getLogger("trifle_otel")
 

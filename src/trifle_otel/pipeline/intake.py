@@ -1,0 +1,65 @@
+"""Intake: the bounded queue between ingest and the worker.
+
+Ingest (the span processor on application threads, the exporter, the OTLP receivers) only
+appends here; when the queue is full, new items are dropped and counted, so the host
+application never waits on the bridge.  The worker is woken once a batch worth moving has
+gathered (``wake_at``), not per span: every wake-up costs it a wait for the interpreter
+lock behind a busy application thread.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from typing import Any, Sequence
+
+START = "start"  # item ``(START, span)``: a local root has started (live mode)
+OPEN = "open"  # item ``(OPEN, span)``: a child span of a live execution has started
+
+
+class Intake:
+    __slots__ = ("queue", "max_items", "wake_at", "wake", "dropped", "closed", "_lock")
+
+    def __init__(self, max_items: int, wake_at: int) -> None:
+        self.queue: deque = deque()
+        self.max_items = max_items
+        self.wake_at = max(1, min(wake_at, max_items // 4))
+        self.wake = threading.Event()
+        self.dropped = 0
+        self.closed = False
+        self._lock = threading.Lock()  # several application threads may drop at once
+
+    def count_dropped(self, n: int = 1) -> None:
+        with self._lock:
+            self.dropped += n
+
+    def submit(self, item: Any) -> bool:
+        """Append one item without blocking; False (and counted as dropped) when full."""
+        queue = self.queue
+        if len(queue) >= self.max_items or self.closed:
+            self.count_dropped()
+            return False
+        queue.append(item)
+        if len(queue) >= self.wake_at:
+            self.wake.set()
+        return True
+
+    def submit_many(self, items: Sequence[Any]) -> int:
+        """Append what fits; returns how many were taken (the rest are counted as dropped)."""
+        room = 0 if self.closed else max(self.max_items - len(self.queue), 0)
+        if room < len(items):
+            self.count_dropped(len(items) - room)
+            items = items[:room]
+        self.queue.extend(items)
+        if len(self.queue) >= self.wake_at:
+            self.wake.set()
+        return len(items)
+
+    def take(self) -> list[Any]:
+        """Everything queued now, oldest first (worker only)."""
+        queue = self.queue
+        pop = queue.popleft
+        return [pop() for _ in range(len(queue))]
+
+    def __len__(self) -> int:
+        return len(self.queue)

@@ -1,0 +1,338 @@
+"""The pipeline: one background worker moving batches through the stages after ingest.
+
+intake (bounded queue) → assembly (executions under local roots) → translation (documents)
+→ stats (rules and the default stat, into the stats buffer) → writing (trace stores, retry,
+spill) → replay (spilled files) → purge (expired executions).  Each stage lives in its own
+module; this loop only hands batches from one to the next.  Every ingest path (processor,
+exporter, OTLP receivers) feeds the same intake, so nothing after it is built twice.
+
+The worker shares the interpreter lock with the application: each time it gives the lock up
+(a blocking call, a file or socket operation) it may wait a whole switch interval to get it
+back from a busy application thread.  So it wakes for batches, not spans, and writes a
+cycle's documents in a few store calls.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import weakref
+from collections import deque
+from dataclasses import asdict
+from datetime import datetime, timezone
+from typing import Any, Callable, Sequence
+
+from .. import lifecycle
+from ..assembly import Assembler
+from ..config import Config
+from ..model import Execution, Span
+from ..sinks import TraceSink
+from ..stats.sink import ExecutionStats
+from ..stores import check_urls, open_data, open_index
+from ..translate import Document, Translator
+from .counters import PipelineCounters
+from .intake import OPEN, START, Intake
+from .live import LiveRecords
+from .replay import replay_spilled
+from .spill import Spill
+from .writer import DocumentWriter
+
+logger = logging.getLogger("trifle_otel")
+
+PURGE_INTERVAL = 600.0  # seconds between removals of expired executions
+POLL_INTERVAL = 0.1  # seconds the worker sleeps when nothing wakes it (new live roots, grace)
+
+_pipelines: "weakref.WeakSet[Pipeline]" = weakref.WeakSet()
+# Store connections a forked child inherited: kept referenced, never closed or used there
+# (closing an inherited SQLite connection could checkpoint the parent's WAL under it).
+_inherited: list[Any] = []
+
+
+def _after_fork_in_child() -> None:
+    for pipeline in list(_pipelines):
+        pipeline._reinit_after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class _FlushRequest:
+    __slots__ = ("_event", "ok")
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self.ok = False
+
+    def done(self, ok: bool) -> None:
+        self.ok = ok
+        self._event.set()
+
+    def wait(self, timeout: float | None) -> bool:
+        return self._event.wait(timeout) and self.ok
+
+
+class Pipeline:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        convert: Callable[[Any], Span] | None = None,
+        ids: Callable[[Any], tuple[str, str]] | None = None,
+        sink_factory: Callable[[], TraceSink] | None = None,
+        stats: ExecutionStats | None = None,
+        wake_at: int = 2048,
+    ) -> None:
+        self.config = config
+        self._wake_at = wake_at
+        self._convert = convert
+        self._ids = ids  # (trace id, span id) of a source span, without converting it
+        self._sink_factory = sink_factory or self._default_sink
+        self._sink: TraceSink | None = None
+        if sink_factory is None:
+            check_urls(config)  # an unsupported store URL is refused now, not at the first write
+        self.translator = Translator(config)
+        # Rules are compiled here, when the configuration loads: a broken rule is refused now.
+        self.execution_stats = ExecutionStats(config) if stats is None else stats
+        self._init_state()
+        _pipelines.add(self)
+        lifecycle.register(self, flush="force_flush")
+        self._start_worker()
+
+    # -- ingest side (any thread) -------------------------------------------------------
+
+    def submit(self, item: Any) -> bool:
+        """Append one intake item (a span, or ``(START, span)``) without blocking."""
+        return self.intake.submit(item)
+
+    def submit_many(self, items: Sequence[Any]) -> int:
+        return self.intake.submit_many(items)
+
+    def force_flush(self, timeout: float | None = 30.0) -> bool:
+        """Write every execution whose root has ended (and the stats they made).
+
+        True when all of it reached the stores within ``timeout``; False when the stores
+        refused (it waits for retry, or in the spill directory) or time ran out.
+        """
+        if self.intake.closed or not self._thread.is_alive():
+            return False
+        request = _FlushRequest()
+        self._flush_requests.append(request)  # a deque: no lock (this may run in a signal handler)
+        self.intake.wake.set()
+        return request.wait(timeout)
+
+    def shutdown(self, timeout: float | None = 30.0) -> None:
+        if self.intake.closed:
+            return
+        self.intake.closed = True
+        self.intake.wake.set()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+        _pipelines.discard(self)
+        lifecycle.unregister(self)
+
+    def stats(self) -> dict[str, int]:
+        self.counters.spans_dropped = self.intake.dropped
+        out = asdict(self.counters)
+        out.update({f"assembly_{k}": v for k, v in asdict(self.assembler.counters).items()})
+        out.update({f"stats_{k}": v for k, v in self.execution_stats.buffer.stats().items()})
+        out["queued"] = len(self.intake)
+        out["retry_buffer"] = len(self.writer.retry)
+        return out
+
+    # -- worker ------------------------------------------------------------------------
+
+    def _init_state(self) -> None:
+        c = self.config
+        self.intake = Intake(c.queue_size, self._wake_at)
+        self.counters = PipelineCounters()
+        self.assembler = Assembler(grace=c.grace)
+        self.live = LiveRecords(c.live_interval, self._convert) if c.live else None
+        self._flush_requests: deque[_FlushRequest] = deque()
+        self.spill = Spill(
+            c.resolved_spill_dir(),
+            c.spill_max_bytes,
+            (c.resolved_index_url(), c.resolved_data_url(), c.resolved_stats_url(), c.stats_mode),
+        )
+        self.writer = DocumentWriter(self._open_sink, self.spill, c.retry_buffer, self.counters)
+        self._next_purge = 0.0
+
+    def _start_worker(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="trifle-otel-worker", daemon=True)
+        self._thread.start()
+
+    def _reinit_after_fork(self) -> None:
+        """In a forked child: the worker thread and queued items belong to the parent."""
+        if self._sink is not None:
+            _inherited.append(self._sink)
+        self._sink = None  # connections opened by the parent must not be shared
+        # Buffered stats belong to the parent, which writes them; locks may be held there.
+        _inherited.append(self.execution_stats)
+        self.execution_stats = ExecutionStats(self.config, self.execution_stats.rules)
+        was_closed = self.intake.closed
+        self._init_state()
+        self.intake.closed = was_closed
+        if not was_closed:
+            self._start_worker()
+
+    def _default_sink(self) -> TraceSink:
+        data = open_data(self.config.resolved_data_url(), self.config)
+        index = open_index(self.config.resolved_index_url())
+        return TraceSink(index, data, compressed=self.config.gzip)
+
+    def _open_sink(self) -> TraceSink:
+        if self._sink is None:
+            self._sink = self._sink_factory()
+        return self._sink
+
+    def _run(self) -> None:
+        wake = self.intake.wake
+        while True:
+            wake.wait(POLL_INTERVAL)
+            wake.clear()
+            stopping = self.intake.closed
+            flushes = [self._flush_requests.popleft() for _ in range(len(self._flush_requests))]
+            ok = False
+            try:
+                ok = self._cycle(flush=bool(flushes), final=stopping)
+            except Exception:  # never let the worker die: count and go on
+                self.counters.processor_errors += 1
+                logger.exception("trifle-otel worker cycle failed")
+            for request in flushes:
+                request.done(ok)
+            if stopping:
+                self._close()
+                while self._flush_requests:
+                    self._flush_requests.popleft().done(False)
+                return
+
+    def _cycle(self, *, flush: bool = False, final: bool = False) -> bool:
+        """One round; True when nothing is left waiting for the stores."""
+        self._assemble(self.intake.take())
+        now_ns = time.time_ns()
+        finished = self._finish(self.assembler.collect(ignore_grace=flush, final=final), now_ns)
+        live = self._live_documents(now_ns) if self.live is not None and not final else []
+        if finished or live or (self.writer.retry and (flush or final or not self.writer.backing_off)):
+            self.writer.write(finished, live, force=flush or final)
+        if flush or final:
+            self.execution_stats.flush()
+        else:
+            self.execution_stats.flush_if_due()
+        if final:
+            self._spill_remaining()
+            return False
+        replay_spilled(
+            self.spill, self._open_sink, self.writer, self.execution_stats, self.counters,
+            budget=5.0 if flush else 0.5, batch=self.config.retry_buffer,
+        )
+        self._purge_expired()
+        if self.writer.retry or self.execution_stats.buffer.pending:
+            return False
+        return not flush or not self.spill.pending()  # (only a flush asks for the answer)
+
+    def _assemble(self, items: list[Any]) -> None:
+        """Intake items into the assembler: ended spans, and (live mode) starts."""
+        assembler = self.assembler
+        add = assembler.add
+        convert = self._convert
+        for item in items:
+            try:
+                if type(item) is tuple:
+                    kind, source = item
+                    if kind is OPEN:
+                        if type(source) is Span:
+                            assembler.open(source.trace_id, source.span_id, source)
+                        else:
+                            assembler.open(*self._ids(source), source)  # type: ignore[misc]
+                        continue
+                    span = source if type(source) is Span else convert(source)  # type: ignore[misc]
+                    assembler.start(span, source)
+                    if self.live is not None:
+                        self.live.started(span)
+                elif type(item) is Span:
+                    add(item)
+                else:
+                    add(convert(item))  # type: ignore[misc]
+            except Exception:
+                self.counters.processor_errors += 1
+                logger.debug("cannot take a span", exc_info=True)
+
+    def _finish(self, executions: list[Execution], now_ns: int) -> list[Document]:
+        """Translate finished executions, feed their stats; the documents to store."""
+        documents = []
+        for execution in executions:
+            doc = self._translate(execution, now_ns)
+            if doc is None:
+                continue
+            self._observe_stats(execution, doc)
+            if doc.ignored:
+                self.counters.executions_ignored += 1
+                self.writer.discard(self._sink, doc)
+                continue
+            documents.append(doc)
+        return documents
+
+    def _live_documents(self, now_ns: int) -> list[Document]:
+        docs = []
+        for execution in self.live.due(self.assembler):  # type: ignore[union-attr]
+            doc = self._translate(execution, now_ns)
+            if doc is None:
+                continue
+            if doc.ignored:
+                self.writer.discard(self._sink, doc)
+                continue
+            docs.append(doc)
+        return docs
+
+    def _translate(self, execution: Execution, now_ns: int) -> Document | None:
+        try:
+            return self.translator.translate(execution, now_ns)
+        except Exception:
+            self.counters.translation_errors += 1
+            logger.exception("cannot translate execution %s", execution.reference)
+            return None
+
+    def _observe_stats(self, execution: Execution, doc: Document) -> None:
+        if self.execution_stats.enabled:
+            try:
+                self.execution_stats.observe(execution, doc)
+            except Exception:
+                self.counters.processor_errors += 1
+                logger.exception("stats rules failed on execution %s", doc.reference)
+
+    def _purge_expired(self) -> None:
+        """Every ten minutes, remove executions past their retention (embedded store)."""
+        now = time.monotonic()
+        if now < self._next_purge or self._sink is None or self.writer.retry:
+            return
+        self._next_purge = now + PURGE_INTERVAL
+        try:
+            self.counters.executions_expired += self._sink.purge_expired(datetime.now(timezone.utc))
+        except Exception as exc:
+            logger.warning("trifle-otel cannot remove expired executions: %s", exc)
+
+    def _spill_remaining(self) -> None:
+        """At shutdown, what the stores did not take goes to the spill directory."""
+        buffer = self.execution_stats.buffer
+        inc, sets = buffer.take()
+        documents = self.writer.take_all()
+        if not documents and not inc and not sets:
+            return
+        if self.spill.save(documents, inc, sets):
+            self.counters.documents_spilled += len(documents)
+            buffer.counters.spilled += len(inc) + len(sets)
+        else:
+            self.counters.documents_dropped += len(documents)
+            buffer.counters.dropped += len(inc) + len(sets)
+
+    def _close(self) -> None:
+        self.execution_stats.close()
+        sink = self._sink
+        if sink is not None:
+            for store in (sink.index, sink.data):
+                try:
+                    store.close()
+                except Exception:
+                    pass

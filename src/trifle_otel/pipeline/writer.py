@@ -1,0 +1,126 @@
+"""Writing stage: translated documents to the trace stores, retried while they refuse.
+
+Every cycle's documents (finished and live) go to the sink in one call: one data batch,
+then one index batch.  Documents the stores refused wait in a bounded retry buffer and are
+retried with backoff; past the bound the oldest are spilled to disk, and so is whatever is
+still unwritten at shutdown.  Nothing is spilled while the stores take writes, however
+large a cycle is.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from typing import Callable
+
+from ..errors import TrifleError
+from ..sinks import TraceSink
+from ..translate import Document
+from .counters import PipelineCounters
+from .spill import Spill
+
+logger = logging.getLogger("trifle_otel")
+
+MAX_BACKOFF = 30.0
+
+
+class DocumentWriter:
+    def __init__(self, open_sink: Callable[[], TraceSink], spill: Spill, retry_limit: int, counters: PipelineCounters) -> None:
+        self.open_sink = open_sink
+        self.spill = spill
+        self.retry_limit = retry_limit
+        self.counters = counters
+        self.retry: "OrderedDict[str, Document]" = OrderedDict()
+        self.live_written: set[str] = set()  # references with a running record in the store
+        self.retry_at = 0.0
+        self._backoff = 0.5
+        self._last_error_log = 0.0
+
+    @property
+    def backing_off(self) -> bool:
+        return time.monotonic() < self.retry_at
+
+    def write(self, finished: list[Document], live: list[Document], *, force: bool = False) -> None:
+        """Write this cycle's documents, and those waiting for retry when it is time."""
+        for doc in finished:
+            self.live_written.discard(doc.reference)
+        if self.retry and (force or not self.backing_off):
+            for doc in finished:
+                self.retry[doc.reference] = doc
+                self.retry.move_to_end(doc.reference)
+            finished = list(self.retry.values())
+            self.retry.clear()
+        elif self.backing_off and not force:
+            self._keep(finished)
+            return
+        if not finished and not live:
+            return
+        try:
+            failed = self.open_sink().write(finished + live)
+        except Exception as exc:
+            self._failed(exc)
+            self._keep(finished)
+            return
+        self._backoff = 0.5
+        self.retry_at = 0.0
+        failed_refs = {d.reference for d in failed}
+        ok_finished = [d for d in finished if d.reference not in failed_refs]
+        self.counters.executions_written += len(ok_finished)
+        for doc in live:
+            if doc.reference not in failed_refs:
+                self.counters.live_writes += 1
+                self.live_written.add(doc.reference)
+        if failed_refs:
+            self.counters.write_errors += 1
+            self._keep([d for d in finished if d.reference in failed_refs])
+
+    def _keep(self, documents: list[Document]) -> None:
+        """Hold documents the stores did not take; past the bound, the oldest go to disk."""
+        for doc in documents:
+            self.retry[doc.reference] = doc
+            self.retry.move_to_end(doc.reference)
+        overflow = len(self.retry) - self.retry_limit
+        if overflow > 0:
+            oldest = [self.retry.popitem(last=False)[1] for _ in range(overflow)]
+            if self.spill.save(oldest):
+                self.counters.documents_spilled += len(oldest)
+            else:
+                self.counters.documents_dropped += len(oldest)
+
+    def _failed(self, exc: Exception) -> None:
+        self.counters.write_errors += 1
+        now = time.monotonic()
+        self.retry_at = now + self._backoff
+        self._backoff = min(self._backoff * 2, MAX_BACKOFF)
+        if now - self._last_error_log > 60:
+            self._last_error_log = now
+            message = str(exc) if isinstance(exc, TrifleError) else repr(exc)
+            logger.warning(
+                "trifle-otel cannot write traces (%s); %d executions wait for retry, %d dropped so far",
+                message,
+                len(self.retry),
+                self.counters.documents_dropped,
+            )
+
+    def failed_now(self) -> None:
+        """Another stage found the stores down: back off before the next attempt."""
+        self.retry_at = time.monotonic() + self._backoff
+
+    def discard(self, sink: TraceSink | None, doc: Document) -> None:
+        """An execution turned out to be ignored: remove the running record live mode wrote."""
+        if doc.reference not in self.live_written:
+            return
+        self.live_written.discard(doc.reference)
+        try:
+            if sink is not None:
+                sink.discard([doc])
+        except Exception:
+            self.counters.write_errors += 1
+            logger.debug("cannot discard ignored execution %s", doc.reference, exc_info=True)
+
+    def take_all(self) -> list[Document]:
+        """What still waits (at shutdown, to spill)."""
+        documents = list(self.retry.values())
+        self.retry.clear()
+        return documents
