@@ -19,15 +19,19 @@ from .model import Execution, Span
 END_LOST_AFTER = 60.0  # seconds a running root may look ended before its end counts as lost
 
 
-@dataclass(slots=True)
 class _Trace:
-    children: dict[str, list[Span]] = field(default_factory=lambda: defaultdict(list))
-    started: dict[str, tuple[Span, Any]] = field(default_factory=dict)  # running roots: (span, source)
-    ended: dict[str, tuple[Span, float]] = field(default_factory=dict)  # root -> (span, ready_at)
-    touched: float = 0.0
-    pending: int = 0
-    ended_unseen: dict[str, float] = field(default_factory=dict)  # running root -> when seen ended
-    open: dict[str, Any] = field(default_factory=dict)  # started steps not ended yet (live): id -> source
+    """What is pending of one trace (a plain slotted class: one is made per trace)."""
+
+    __slots__ = ("children", "started", "ended", "touched", "pending", "ended_unseen", "open")
+
+    def __init__(self, touched: float) -> None:
+        self.children: dict[str, list[Span]] = {}  # parent span id -> ended children
+        self.started: dict[str, tuple[Span, Any]] = {}  # running roots: (span, source)
+        self.ended: dict[str, tuple[Span, float]] = {}  # root -> (span, ready_at)
+        self.touched = touched
+        self.pending = 0
+        self.ended_unseen: dict[str, float] = {}  # running root -> when seen ended
+        self.open: dict[str, Any] = {}  # started steps not ended yet (live): id -> source
 
 
 @dataclass
@@ -94,7 +98,11 @@ class Assembler:
         if self._pending >= self.max_pending_spans:
             self.counters.overflow_spans += 1
             return
-        trace.children[span.parent_span_id].append(span)  # type: ignore[index]
+        siblings = trace.children.get(span.parent_span_id)  # type: ignore[arg-type]
+        if siblings is None:
+            trace.children[span.parent_span_id] = [span]  # type: ignore[index]
+        else:
+            siblings.append(span)
         trace.pending += 1
         self._pending += 1
 
@@ -165,10 +173,12 @@ class Assembler:
     # -- internals ---------------------------------------------------------------------
 
     def _trace(self, trace_id: str) -> _Trace:
+        now = self.clock()
         trace = self._traces.get(trace_id)
         if trace is None:
-            trace = self._traces[trace_id] = _Trace()
-        trace.touched = self.clock()
+            trace = self._traces[trace_id] = _Trace(now)
+        else:
+            trace.touched = now
         return trace
 
     def _subtree(self, trace: _Trace, root_id: str, refresh: Callable[[Any], Span] | None = None) -> list[Span]:

@@ -189,7 +189,13 @@ class Translator:
                 continue
             if isinstance(value, tuple):
                 value = list(value)
+            if isinstance(value, (bool, int, float)) or value is None:
+                meta[key] = value
+                continue
             text = value if isinstance(value, str) else None
+            if text is not None and len(text) * 4 <= self._meta_limit:  # cannot be over, even at 4 bytes a char
+                meta[key] = value
+                continue
             size = len(text.encode("utf-8", "replace")) if text is not None else len(_text(value).encode())
             if size > self._meta_limit:
                 name = f"meta_{len(artifacts) + 1}.txt"

@@ -134,25 +134,33 @@ class StatsBuffer:
         """Add flat dotted ``values``.  They are summed per (key, second) here, and spread over
         the granularities' buckets at flush: every bucket is a whole number of seconds, so the
         result is the same, and a track costs its values, not values × granularities."""
-        if not flat:
+        if flat:
+            self.track_many(((key, ts, flat),), count)
+
+    def track_many(self, tracks: Iterable[tuple[str, float, Mapping[str, Any]]], count: int = 1) -> None:
+        """``track_flat`` for several tracks under one lock (an execution's tracks at once)."""
+        items = [(key, _second(ts), flat) for key, ts, flat in tracks if flat]
+        if not items:
             return
-        second = _second(ts)
+        system = self.system_tracking
         with self._lock:
-            self.counters.tracks += 1
             raw = self._raw
-            values = raw.get((key, second))
-            if values is None:
-                if len(raw) >= self.max_buckets:
-                    self.counters.dropped += 1
-                    return
-                raw[(key, second)] = dict(flat)
-            else:
-                get = values.get
-                for path, value in flat.items():
-                    values[path] = get(path, 0) + value
-            if self.system_tracking:
-                counts = self._calls
-                counts[(key, second)] = counts.get((key, second), 0) + count
+            calls = self._calls
+            for key, second, flat in items:
+                ident = (key, second)
+                values = raw.get(ident)
+                if values is None:
+                    if len(raw) >= self.max_buckets:
+                        self.counters.dropped += 1
+                        continue
+                    raw[ident] = dict(flat)
+                else:
+                    get = values.get
+                    for path, value in flat.items():
+                        values[path] = get(path, 0) + value
+                if system:
+                    calls[ident] = calls.get(ident, 0) + count
+            self.counters.tracks += len(items)
             full = len(raw) >= self.flush_size
         if full and self._thread is not None:
             self._wake.set()

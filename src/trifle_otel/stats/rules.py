@@ -345,8 +345,26 @@ def compile_rule(raw: Any, index: int) -> Rule:
     return Rule(name.strip(), conditions, key_fns, emit, at == "start", explain, dict(raw))
 
 
+_NAME_IS = re.compile(r"""^\s*name\s*==\s*(?:"([^"\\]*)"|'([^'\\]*)')\s*$""")
+MAX_DISPATCH_NAMES = 10_000
+
+
+def _name_is(rule: Rule) -> str | None:
+    """The span name a rule requires (``name == "..."`` among its conditions), if any."""
+    where = rule.spec.get("where")
+    for text in [where] if isinstance(where, str) else where or ():
+        match = _NAME_IS.match(text) if isinstance(text, str) else None
+        if match:
+            return match.group(1) if match.group(1) is not None else match.group(2)
+    return None
+
+
 class RuleSet:
-    """Compiled rules; ``evaluate`` gives the tracks a span (in its execution) makes."""
+    """Compiled rules; ``evaluate`` gives the tracks a span (in its execution) makes.
+
+    Most rules name the span they are about (``name == "..."``): a span is checked only
+    against the rules for its name and those that name none, in file order.
+    """
 
     def __init__(self, rules: Iterable[Rule] = (), source: str = "") -> None:
         self.rules = list(rules)
@@ -355,14 +373,24 @@ class RuleSet:
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise RuleError(f"{source or 'rules'}: rule names must be unique ({', '.join(dupes)} repeated)")
+        self._named = [(r, _name_is(r)) for r in self.rules]
+        self._for_name: dict[str, list[Rule]] = {}
 
     def __len__(self) -> int:
         return len(self.rules)
 
+    def _candidates(self, name: str) -> list[Rule]:
+        rules = self._for_name.get(name)
+        if rules is None:
+            if len(self._for_name) >= MAX_DISPATCH_NAMES:
+                self._for_name.clear()
+            rules = self._for_name[name] = [r for r, wanted in self._named if wanted is None or wanted == name]
+        return rules
+
     def evaluate(self, span: Span, ctx: Context | None = None) -> list[Track]:
         ctx = ctx or {}
         tracks: list[Track] = []
-        for rule in self.rules:
+        for rule in self._candidates(span.name):
             for condition in rule.conditions:
                 if not condition(span, ctx):
                     break

@@ -59,14 +59,18 @@ class ExecutionStats:
         stat, as in Trifle::Traces, counts stored executions only."""
         record = doc.record
         ctx = {"state": "ignored" if doc.ignored else record["state"], "key": record["key"]}
-        track = self.buffer.track_flat
+        tracks: list[tuple[str, float, dict[str, Any]]] = []
         if self.rules:
+            evaluate = self.rules.evaluate
             for span in (execution.root, *execution.spans):
-                for t in self.rules.evaluate(span, ctx):
-                    track(t.key, t.at, t.values)
+                for t in evaluate(span, ctx):
+                    tracks.append((t.key, t.at, t.values))
         if self.default_stats and not doc.ignored:
             end_ns = execution.root.end_ns or execution.root.start_ns
-            track(record["key"], end_ns / 1e9, default_values(record["state"], float(record["duration"]), record["length"]))
+            tracks.append(
+                (record["key"], end_ns / 1e9, default_values(record["state"], float(record["duration"]), record["length"]))
+            )
+        self.buffer.track_many(tracks)
 
     def _ready(self) -> bool:
         if self.buffer.driver is not None:

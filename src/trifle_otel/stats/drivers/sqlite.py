@@ -1,10 +1,10 @@
 """SQLite stats driver in the Trifle::Stats 2.6 layout.
 
 ``full`` mode: ``CREATE TABLE trifle_stats (key varchar(255), data json)`` with a unique
-index on ``key``; increments are single upserts that add to the JSON values in place
-(``json_set(data, path, IFNULL(json_extract(data, path), 0) + ?)``), so any number of
-processes can write the same rows exactly.  We write nested values only; we read both
-nested and flat dotted keys.
+index on ``key``.  A flush is one write transaction (read the touched rows, add, write
+back) under SQLite's write lock, so any number of processes can write the same rows
+exactly.  We write nested values only; we read both nested and flat dotted keys, and keep
+flat keys another writer left.
 """
 
 from __future__ import annotations
@@ -18,17 +18,13 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ...errors import ConfigError, StoreError
-from ...stores.sqlite_index import connect_sqlite
+from ...jsonutil import dumps_text, loads
+from ...stores.sqlite_index import connect_sqlite, execute_rows
 from ..identifier import check_mode
-from ..values import nest, read_data
+from ..values import add_path, read_data
 from . import Op, Ref
 
-CHUNK = 50  # paths per statement (SQLite's expression depth and argument limits)
 _TABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-
-def _json_path(dotted: str) -> str:
-    return "$" + "".join('."' + part + '"' for part in dotted.split("."))
 
 
 def _at_text(at: int) -> str:
@@ -74,40 +70,65 @@ class SQLiteStatsDriver:
             return (f"{key}::{granularity}", _at_text(at))
         return (key, granularity, _at_text(at))
 
-    def _upsert(self, ops: Sequence[Op], value_sql: str, encode) -> None:
-        cols = ", ".join(self._columns)
-        marks = ", ".join("?" * len(self._columns))
+    def _upsert(self, ops: Sequence[Op], add: bool) -> None:
+        """Apply a flush in one write transaction: read the rows it touches, add (or set)
+        the values in Python, write them back.  ``BEGIN IMMEDIATE`` holds the database's
+        write lock from the read on, so concurrent writers (other processes, Trifle's own)
+        never interleave and increments stay exact.  A few statements a flush, whatever its
+        size: each is one call into SQLite (the worker gives up the interpreter lock on each)."""
+        width = len(self._columns)
+        idents = [self._ident(key, granularity, at) for key, granularity, at, _ in ops]
         with self._lock:
             c = self._conn
             try:
                 c.execute("BEGIN IMMEDIATE")
-                for key, granularity, at, flat in ops:
-                    ident = self._ident(key, granularity, at)
-                    items = list(flat.items())
-                    for start in range(0, len(items), CHUNK):
-                        chunk = items[start : start + CHUNK]
-                        sets, params = [], []
-                        for dotted, value in chunk:
-                            path = _json_path(dotted)
-                            sets.append(value_sql)
-                            params.extend(encode(path, value))
-                        initial = nest(dict(chunk))
-                        sql = (
-                            f"INSERT INTO {self.table} ({cols}, data) VALUES ({marks}, json(?)) "
-                            f"ON CONFLICT ({cols}) DO UPDATE SET data = json_set(data, {', '.join(sets)})"
-                        )
-                        c.execute(sql, (*ident, json.dumps(initial), *params))
+                stored = self._read(idents)
+                rows: list[Any] = []
+                for ident, (_, _, _, flat) in zip(idents, ops):
+                    data = stored.get(ident)
+                    if not isinstance(data, dict):
+                        data = {}
+                    for dotted, value in flat.items():
+                        add_path(data, dotted.split("."), value, add=add)
+                    rows.extend(ident)
+                    rows.append(dumps_text(data))
+                cols = ", ".join(self._columns)
+                execute_rows(
+                    c,
+                    f"INSERT INTO {self.table} ({cols}, data) VALUES {{}} "
+                    f"ON CONFLICT ({cols}) DO UPDATE SET data = excluded.data",
+                    rows,
+                    width + 1,
+                )
                 c.execute("COMMIT")
             except sqlite3.Error as exc:
                 if c.in_transaction:
                     c.execute("ROLLBACK")
                 raise StoreError(f"cannot write stats to {self.path}: {exc}") from None
 
+    def _read(self, idents: Sequence[tuple[Any, ...]]) -> dict[tuple[Any, ...], Any]:
+        """The stored ``data`` of these rows as written (flat keys kept), in one aggregate
+        row per statement rather than a row (and a step into SQLite) each."""
+        width = len(self._columns)
+        cols = ", ".join(self._columns)
+        match = f"({cols}) IN (VALUES {{}})" if width > 1 else "key IN ({})"
+        row = "(" + ",".join("?" * width) + ")" if width > 1 else "?"
+        step = max(min(self._conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER), 30_000) // width, 1)
+        found: dict[tuple[Any, ...], Any] = {}
+        for start in range(0, len(idents), step):
+            chunk = idents[start : start + step]
+            sql = (f"SELECT json_group_array(json_array({cols}, json(data))) FROM {self.table} WHERE "
+                   + match.format(",".join([row] * len(chunk))))
+            (text,) = self._conn.execute(sql, [v for ident in chunk for v in ident]).fetchone()
+            for item in loads(text or "[]"):
+                found[tuple(item[:width])] = item[width]
+        return found
+
     def inc(self, ops: Sequence[Op]) -> None:
-        self._upsert(ops, "?, IFNULL(json_extract(data, ?), 0) + ?", lambda path, v: (path, path, v))
+        self._upsert(ops, add=True)
 
     def set(self, ops: Sequence[Op]) -> None:
-        self._upsert(ops, "?, json(?)", lambda path, v: (path, json.dumps(v)))
+        self._upsert(ops, add=False)
 
     def get(self, refs: Sequence[Ref]) -> list[dict[str, Any]]:
         idents = [self._ident(*ref) for ref in refs]
