@@ -1,0 +1,254 @@
+"""The write path at volume: batched stores, no spill while the stores work, per-execution
+retry, concurrent writers, the embedded data store and what live records show."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+
+import boto3
+import pytest
+from click.testing import CliRunner
+from opentelemetry import trace as otel_trace
+from opentelemetry.sdk.trace import TracerProvider
+
+from trifle_otel import TrifleSpanProcessor
+from trifle_otel.cli import main
+from trifle_otel.config import Config
+from trifle_otel.sinks import load_artifact, load_lines
+from trifle_otel.stats.api import Stats
+from trifle_otel.stores import open_data, open_index
+from trifle_otel.stores.base import TraceQuery
+
+
+def tracer_for(processor):
+    provider = TracerProvider(shutdown_on_exit=False)
+    provider.add_span_processor(processor)
+    return provider, provider.get_tracer("t")
+
+
+def run_jobs(tracer, n: int, key: str = "jobs/batch", payload: str | None = None) -> None:
+    for i in range(n):
+        with tracer.start_as_current_span(f"job {i}", attributes={"trifle.key": key, "n": i}):
+            with tracer.start_as_current_span("step", attributes={"trifle.result": payload or f"r{i}"}):
+                pass
+
+
+def all_records(config: Config, limit: int = 10_000):
+    index = open_index(config.resolved_index_url())
+    try:
+        return index.search(TraceQuery(limit=limit)).records
+    finally:
+        index.close()
+
+
+def test_a_cycle_larger_than_the_retry_buffer_is_written_not_spilled(tmp_path):
+    config = Config(home=str(tmp_path / "home"), retry_buffer=5, live=False)
+    processor = TrifleSpanProcessor(config)
+    provider, tracer = tracer_for(processor)
+    run_jobs(tracer, 200)
+    assert processor.force_flush()
+    stats = processor.stats()
+    provider.shutdown()
+    assert stats["executions_written"] == 200
+    assert stats["documents_spilled"] == 0 and stats["write_errors"] == 0
+    assert not list((tmp_path / "home" / "spill").glob("spill-*"))
+    assert len(all_records(config)) == 200
+
+
+def test_embedded_data_lives_in_sqlite_and_the_cli_reads_parts_and_artifacts(tmp_path):
+    home = tmp_path / "home"
+    config = Config(home=str(home), payload_size_limit=1000, part_size=2, live=False)
+    processor = TrifleSpanProcessor(config)
+    provider, tracer = tracer_for(processor)
+    big = "x" * 5000
+    with tracer.start_as_current_span("export", attributes={"trifle.key": "orders/export"}):
+        for i in range(3):
+            with tracer.start_as_current_span(f"step {i}", attributes={"trifle.result": big if i == 1 else "ok"}):
+                pass
+    assert processor.force_flush()
+    provider.shutdown()
+    assert not (home / "data").exists()  # no directory and file per execution
+    rows = sqlite3.connect(home / "data.db").execute("SELECT path FROM trifle_data ORDER BY path").fetchall()
+    [record] = all_records(config)
+    assert record["parts"] >= 3
+    assert [r[0] for r in rows if "/data_" in r[0]] == sorted(
+        record["data_path"] + f"data_{n}.json" for n in range(1, record["parts"] + 1)
+    )
+    artifact = next(r[0] for r in rows if "/artifacts/" in r[0])
+    name = artifact.rsplit("/", 1)[1]
+
+    runner = CliRunner()
+    shown = runner.invoke(main, ["traces", "show", record["reference"], "--home", str(home), "--json"])
+    assert shown.exit_code == 0, shown.output
+    lines = json.loads(shown.output)["lines"]
+    assert [l["message"] for l in lines if l["type"] == "media"] == [name]
+    assert len(lines) == record["length"]
+    got = runner.invoke(main, ["traces", "show", record["reference"], "--home", str(home), "--artifact", name])
+    assert got.exit_code == 0 and got.output.strip() == "↳ " + big
+
+
+def test_a_home_written_in_the_directory_layout_still_reads(tmp_path):
+    home = tmp_path / "home"
+    old = Config(home=str(home), data_url=f"file://{home / 'data'}", live=False)
+    processor = TrifleSpanProcessor(old)
+    provider, tracer = tracer_for(processor)
+    run_jobs(tracer, 3, payload="from the old layout")
+    assert processor.force_flush()
+    provider.shutdown()
+    assert list((home / "data").rglob("data_1.json"))
+
+    new = Config(home=str(home))  # the default data store: <home>/data.db
+    records = all_records(new)
+    assert len(records) == 3
+    data = open_data(new.resolved_data_url(), new)
+    try:
+        for record in records:
+            messages = [l["message"] for l in load_lines(data, record)]
+            assert "↳ from the old layout" in messages
+    finally:
+        data.close()
+    runner = CliRunner()
+    shown = runner.invoke(main, ["traces", "show", records[0]["reference"], "--home", str(home)])
+    assert shown.exit_code == 0 and "from the old layout" in shown.output
+
+
+WRITER = textwrap.dedent(
+    """
+    import sys
+    from opentelemetry.sdk.trace import TracerProvider
+    from trifle_otel import TrifleSpanProcessor
+    from trifle_otel.config import Config
+
+    home, name, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    processor = TrifleSpanProcessor(Config(home=home, flush_interval=0.05, live=False))
+    provider = TracerProvider(shutdown_on_exit=False)
+    provider.add_span_processor(processor)
+    tracer = provider.get_tracer("t")
+    for i in range(n):
+        with tracer.start_as_current_span(f"{name} {i}", attributes={"trifle.key": "shared/jobs"}):
+            with tracer.start_as_current_span("step", attributes={"trifle.result": "x" * 300}):
+                pass
+    assert processor.force_flush(60_000)
+    provider.shutdown()
+    print(processor.stats()["executions_written"], processor.stats()["documents_spilled"])
+    """
+)
+
+
+def test_two_processes_writing_one_embedded_store_lose_nothing(tmp_path):
+    home = tmp_path / "home"
+    script = tmp_path / "writer.py"
+    script.write_text(WRITER)
+    n = 1500
+    procs = [
+        subprocess.Popen([sys.executable, str(script), str(home), name, str(n)], stdout=subprocess.PIPE, text=True)
+        for name in ("a", "b")
+    ]
+    outputs = [p.communicate(timeout=120)[0].split() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0]
+    assert outputs == [[str(n), "0"], [str(n), "0"]]
+    config = Config(home=str(home))
+    records = all_records(config, limit=2 * n + 10)
+    assert len(records) == 2 * n
+    data = open_data(config.resolved_data_url(), config)
+    try:
+        assert all(len(load_lines(data, r)) == r["length"] for r in records[::50])
+    finally:
+        data.close()
+    stats = Stats(config)
+    try:
+        counts = stats.values("shared/jobs", records[-1]["first_at"].replace(minute=0, second=0, microsecond=0),
+                              records[0]["first_at"], "1h")["values"]
+    finally:
+        stats.shutdown()
+    assert sum(v.get("count", 0) for v in counts) == 2 * n
+
+
+@pytest.mark.s3
+def test_a_failing_s3_put_retries_that_execution_alone(tmp_path, s3_env):
+    boto3.client("s3").create_bucket(Bucket="retry-one")
+    config = Config(home=str(tmp_path / "home"), data_url="s3://retry-one/traces", live=False, flush_interval=0.05)
+    processor = TrifleSpanProcessor(config)
+    pipeline = processor.pipeline
+    store = pipeline._open_sink().data
+    real_put = store.client.put_object
+    refs: dict[str, str] = {}
+    failures: list[str] = []
+
+    def flaky_put(**kwargs):
+        """The first put of job 3's data fails once; every other put goes through."""
+        if not failures and refs.get("job 3") and refs["job 3"] in kwargs["Key"]:
+            failures.append(kwargs["Key"])
+            raise RuntimeError("simulated S3 error")
+        return real_put(**kwargs)
+
+    store.client.put_object = flaky_put
+    provider, tracer = tracer_for(processor)
+    for i in range(8):
+        with tracer.start_as_current_span(f"job {i}", attributes={"trifle.key": "jobs"}) as span:
+            ctx = span.get_span_context()
+            refs[f"job {i}"] = format(ctx.span_id, "016x") + format(ctx.trace_id, "032x")
+            with tracer.start_as_current_span("step"):
+                pass
+    assert processor.force_flush() is False  # one execution's data was refused
+    stats = processor.stats()
+    assert failures and stats["executions_written"] == 7 and stats["retry_buffer"] == 1
+    assert stats["documents_spilled"] == 0
+    stored = {r["reference"] for r in all_records(config)}
+    assert refs["job 3"] not in stored and len(stored) == 7  # never an index record without its data
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not processor.force_flush(5):
+        time.sleep(0.1)
+    stats = processor.stats()
+    provider.shutdown()
+    assert stats["executions_written"] == 8 and stats["retry_buffer"] == 0
+    assert {r["reference"] for r in all_records(config)} == set(refs.values())
+
+
+def test_a_running_job_shows_its_open_steps(tmp_path):
+    config = Config(home=str(tmp_path / "home"), live_interval=0.05, flush_interval=0.05)
+    processor = TrifleSpanProcessor(config)
+    provider, tracer = tracer_for(processor)
+    root = tracer.start_span("reports/nightly")
+    ctx = otel_trace.set_span_in_context(root)
+    with tracer.start_as_current_span("Loading customers", context=ctx):
+        pass
+    exporting = tracer.start_span("Exporting orders", context=ctx)
+    inner = tracer.start_span("Writing CSV", context=otel_trace.set_span_in_context(exporting))
+    deadline = time.monotonic() + 5
+    record = None
+    while time.monotonic() < deadline:
+        found = [r for r in all_records(config) if r["state"] == "running"]
+        if found and len(found[0].get("open_steps") or []) == 2:
+            record = found[0]
+            break
+        time.sleep(0.05)
+    assert record is not None, "no running record with its open steps"
+    assert [s["name"] for s in record["open_steps"]] == ["Exporting orders", "Writing CSV"]
+    assert [s["level"] for s in record["open_steps"]] == [0, 1]
+    assert record["open_steps"][0]["at"] == pytest.approx(exporting.start_time / 1e9)
+    data = open_data(config.resolved_data_url(), config)
+    lines = load_lines(data, record)
+    assert [(l["message"], l.get("open", False)) for l in lines] == [
+        ("Loading customers ↴", False),
+        ("Loading customers ↵", False),
+        ("Exporting orders ↴", True),
+        ("Writing CSV ↴", True),
+    ]
+    inner.end()
+    exporting.end()
+    root.end()
+    assert processor.force_flush()
+    [done] = all_records(config)
+    assert done["state"] == "success" and "open_steps" not in done
+    finished = load_lines(data, done)
+    assert [l["message"] for l in finished][-3:] == ["Writing CSV ↴", "Writing CSV ↵", "Exporting orders ↵"]
+    assert not any(l.get("open") for l in finished)
+    data.close()
+    provider.shutdown()
