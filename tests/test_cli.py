@@ -77,6 +77,7 @@ def test_list_filters_and_table(demo_home):
 
 
 def test_unknown_reference(tmp_path):
+    assert run("setup", "--home", str(tmp_path)).exit_code == 0
     result = run("traces", "show", "deadbeef", "--home", str(tmp_path))
     assert result.exit_code == 1
     assert "no execution with reference 'deadbeef'" in result.output and "traces list" in result.output
@@ -101,12 +102,13 @@ def test_bad_input_is_one_clear_line(tmp_path, args, message):
 def test_unwritable_store_directory(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    result = run("traces", "list", "--home", str(blocker / "store"))
+    result = run("setup", "--home", str(blocker / "store"))
     assert result.exit_code == 1
     assert "cannot open the trace index database" in result.output and "writable" in result.output
 
 
 def test_console_script_reports_errors_without_traceback(tmp_path):
+    assert run("setup", "--home", str(tmp_path)).exit_code == 0
     proc = subprocess.run([str(BIN), "traces", "show", "nope", "--home", str(tmp_path)], capture_output=True, text=True)
     assert proc.returncode == 1
     assert proc.stderr.startswith("error: no execution with reference 'nope'")

@@ -94,7 +94,7 @@ def test_rules_check_explains_and_evaluates_a_span(tmp_path):
     }))
     result = run("rules", "check", str(DEMO_RULES), "--span", str(span))
     assert result.exit_code == 0, result.output
-    assert "4 rule(s), all valid" in result.output
+    assert "5 rule(s), all valid" in result.output
     assert "price calculations" in result.output and 'name == "run/pricing.calculate_price"' in result.output
     assert "track(prices/calculations/customer/acme" in result.output
     assert '"codes": {"OK": 1}' in result.output and '"margin": {"0_05": 1}' in result.output

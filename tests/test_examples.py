@@ -23,7 +23,7 @@ def test_annotated_job_writes_its_execution(tmp_path):
 def test_config_examples_load(monkeypatch):
     config = load_config(EXAMPLES / "trifle.yaml", environ={})
     assert config.home_path == EXAMPLES.parent / ".trifle"
-    assert len(load_rules(config.stats_rules)) == 4
+    assert len(load_rules(config.stats_rules)) == 5
     monkeypatch.setenv("TRIFLE_MONGO_PASSWORD", "pw")
     production = load_config(EXAMPLES / "production.yaml", environ={})
     assert production.index_url.startswith("mongodb://trifle:pw@") and production.data_url.startswith("s3://")

@@ -69,7 +69,7 @@ rules:
     keys: [with-customer]
     values: {count: 1}
   - name: by state
-    where: ['execution.state == "error"', 'attributes["code"] not in [OK]']
+    where: ['execution.state == "error"', 'attributes["code"] not in ["OK"]']
     keys: ["state/{execution.key}"]
     values: {count: 1}
 """
@@ -137,7 +137,7 @@ def test_missing_rules_file(tmp_path):
 def test_demo_rules_compile():
     from trifle_otel.demo import DEMO_RULES
 
-    assert len(load_rules(DEMO_RULES)) == 4
+    assert len(load_rules(DEMO_RULES)) == 5
 
 
 def test_processor_refuses_broken_rules_at_construction(tmp_path):
