@@ -186,9 +186,13 @@ def _condition(rule: str, text: Any) -> Condition:
     raw = match.group("value")
     said = text.strip()
     if op in ("matches", "not matches"):
-        pattern_text = _literal(rule, raw, said=said)
+        try:
+            pattern_text = _literal(rule, raw, said=said)
+        except RuleError:
+            pattern_text = None
         if not isinstance(pattern_text, str):
-            raise RuleError(f"rule {rule!r}: '{op}' needs a quoted regular expression (got {raw!r})")
+            raise RuleError(f"rule {rule!r}: '{op}' needs a quoted regular expression, e.g. "
+                            f"{path} {op} \"^run/\" (got {raw.strip()!r})")
         try:
             pattern = re.compile(pattern_text)
         except re.error as exc:
