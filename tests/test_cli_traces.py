@@ -276,3 +276,16 @@ def test_piping_into_head_ends_quietly(tmp_path):
         assert line_one.split()[0] in (b"{", b"reference", b"k/x"), line_one
         assert (proc.returncode, proc.stderr.read()) == (0, b""), command
         proc.stderr.close()
+
+
+@pytest.mark.mongo
+def test_an_ambiguous_reference_in_mongodb(mongo_url, tmp_path):
+    home = tmp_path / "store"
+    now = datetime.now(timezone.utc)
+    first = store(home, reference="87aa" + "1" * 44, key="prices/calculate", first_at=now)
+    index = open_index(mongo_url)
+    index.upsert([first, {**first, "reference": "87bb" + "2" * 44, "key": "products/refresh"}])
+    index.close()
+    result = run("traces", "show", "87", "--index-url", mongo_url)
+    assert result.exit_code == 1 and "reference '87' is ambiguous" in result.output
+    assert "87aa111111111111 (prices/calculate" in result.output and "87bb222222222222 (products/refresh" in result.output

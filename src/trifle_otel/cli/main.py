@@ -18,6 +18,10 @@ from .options import store_options
 from .output import silence_stdout
 
 
+# click >= 8.2 raises this for a group called without a command (older ones print the help).
+_NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
 class _Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -30,7 +34,7 @@ class _Group(click.Group):
              standalone_mode: bool = True, **extra: Any) -> Any:
         try:
             result = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
-        except click.exceptions.NoArgsIsHelpError as exc:
+        except _NO_ARGS_IS_HELP as exc:  # a group named without its command: its help
             click.echo(exc.ctx.get_help() if exc.ctx is not None else self.get_help(click.Context(self)))
             result = 0
         except click.UsageError as exc:
@@ -51,11 +55,9 @@ class _Group(click.Group):
 
 
 def _usage_message(exc: click.UsageError) -> str:
-    message = " ".join(exc.format_message().split())
+    message = " ".join(exc.format_message().split()).rstrip(".")
     message = message[:1].lower() + message[1:] if message[:2] != message[:2].upper() else message
-    if exc.ctx is not None:
-        message += f" (see {exc.ctx.command_path} --help)"
-    return message
+    return message + f" (see {exc.ctx.command_path if exc.ctx is not None else 'trifle-otel'} --help)"
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
