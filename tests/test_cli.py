@@ -77,6 +77,7 @@ def test_list_filters_and_table(demo_home):
 
 
 def test_unknown_reference(tmp_path):
+    assert run("setup", "--home", str(tmp_path)).exit_code == 0
     result = run("traces", "show", "deadbeef", "--home", str(tmp_path))
     assert result.exit_code == 1
     assert "no execution with reference 'deadbeef'" in result.output and "traces list" in result.output
@@ -101,12 +102,13 @@ def test_bad_input_is_one_clear_line(tmp_path, args, message):
 def test_unwritable_store_directory(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    result = run("traces", "list", "--home", str(blocker / "store"))
+    result = run("setup", "--home", str(blocker / "store"))
     assert result.exit_code == 1
     assert "cannot open the trace index database" in result.output and "writable" in result.output
 
 
 def test_console_script_reports_errors_without_traceback(tmp_path):
+    assert run("setup", "--home", str(tmp_path)).exit_code == 0
     proc = subprocess.run([str(BIN), "traces", "show", "nope", "--home", str(tmp_path)], capture_output=True, text=True)
     assert proc.returncode == 1
     assert proc.stderr.startswith("error: no execution with reference 'nope'")
@@ -140,3 +142,25 @@ def test_setup_prepares_the_embedded_store_and_says_what_it_did(tmp_path):
                      "stats (full identifiers)", "index idx_trifle_stats_key"):
         assert expected in result.output
     assert run("setup", "--home", str(tmp_path)).exit_code == 0  # idempotent
+
+
+def test_command_modules_use_the_output_module_not_each_other():
+    """No import circle: command modules import options, output and reading, never another
+    command module or a private helper; only main.py gathers the commands."""
+    import ast
+
+    import trifle_otel.cli as cli
+
+    commands = {"main", "traces", "stats", "rules", "demo", "setup"}
+    folder = Path(cli.__file__).parent
+    for module in folder.glob("*.py"):
+        if module.name in ("__init__.py", "main.py"):
+            continue
+        tree = ast.parse(module.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                names = {node.module} if node.module else {a.name for a in node.names}
+                assert not names & commands, f"{module.name} imports {names & commands}"
+                assert not [a.name for a in node.names if a.name.startswith("_")], f"{module.name} imports a private name"
+    output = (folder / "output.py").read_text()
+    assert "def console(" in output and "def dump(" in output

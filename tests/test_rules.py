@@ -69,7 +69,7 @@ rules:
     keys: [with-customer]
     values: {count: 1}
   - name: by state
-    where: ['execution.state == "error"', 'attributes["code"] not in [OK]']
+    where: ['execution.state == "error"', 'attributes["code"] not in ["OK"]']
     keys: ["state/{execution.key}"]
     values: {count: 1}
 """
@@ -137,7 +137,7 @@ def test_missing_rules_file(tmp_path):
 def test_demo_rules_compile():
     from trifle_otel.demo import DEMO_RULES
 
-    assert len(load_rules(DEMO_RULES)) == 4
+    assert len(load_rules(DEMO_RULES)) == 5
 
 
 def test_processor_refuses_broken_rules_at_construction(tmp_path):
@@ -147,3 +147,107 @@ def test_processor_refuses_broken_rules_at_construction(tmp_path):
     bad.write_text("rules:\n  - name: broken\n    keys: [k]\n    values: {c: nope}\n")
     with pytest.raises(RuleError, match="rule 'broken'"):
         TrifleSpanProcessor(home=str(tmp_path), stats_rules=str(bad))
+
+
+# -- nil, and bare words ------------------------------------------------------------------
+
+
+def _rule(where: str) -> str:
+    return f"rules:\n  - name: r\n    where: ['{where}']\n    keys: [k]\n    values: {{count: 1}}\n"
+
+
+@pytest.mark.parametrize("where, with_attribute, without_attribute", [
+    ('attributes["customer.id"] != nil', True, False),
+    ('attributes["customer.id"] == nil', False, True),
+    ('attributes["customer.id"] != null', True, False),
+    ('attributes["customer.id"] == "acme"', True, False),
+    ('attributes["customer.id"] in ["acme", nil]', True, True),
+    ('attributes["customer.id"] not in [nil]', True, False),
+])
+def test_nil_is_no_value(where, with_attribute, without_attribute):
+    rules = parse_rules(_rule(where))
+    has = make_span("run/calc", 0, 20, attributes={"customer.id": "acme"})
+    lacks = make_span("run/calc", 0, 20, attributes={"other": "x"})
+    assert bool(rules.evaluate(has)) is with_attribute
+    assert bool(rules.evaluate(lacks)) is without_attribute
+
+
+@pytest.mark.parametrize("where, message", [
+    ('attributes["customer.id"] != nill', "unknown word 'nill' in 'attributes[\"customer.id\"] != nill'"),
+    ('attributes["code"] == OK', "unknown word 'OK'"),
+    ('attributes["code"] in [OK, "LOW"]', "unknown word 'OK'"),
+    ('attributes["flag"] == yes', "unknown word 'yes'"),
+    ('kind == consumr', "kind is one of internal, server, client, producer, consumer"),
+    ('status.code == "eror"', "status.code is never 'eror'"),
+    ('execution.state in [success, failed]', "unknown word 'failed'"),
+    ('name matches ^run', "needs a quoted regular expression"),
+    ('duration > [1, 2]', "compares with one value, not a list"),
+])
+def test_unknown_bare_words_are_refused(where, message):
+    with pytest.raises(RuleError) as err:
+        parse_rules(_rule(where), "rules.yaml")
+    assert message in str(err.value) and "rule 'r'" in str(err.value)
+
+
+def test_known_words_numbers_and_booleans_are_read_as_such():
+    rules = parse_rules(_rule('kind == consumer') + _rule('attributes["vip"] == true').replace("rules:\n", "").replace("name: r", "name: s")
+                        + _rule('attributes["n"] >= 2.5').replace("rules:\n", "").replace("name: r", "name: t"))
+    span = make_span("x", 0, 1, kind="consumer", attributes={"vip": True, "n": 3})
+    assert [t.rule for t in rules.evaluate(span)] == ["r", "s", "t"]
+
+
+# -- rules that meet the default execution stat --------------------------------------------
+
+
+COLLIDING = """
+rules:
+  - name: refresh runs
+    where: ['execution.key == "products/refresh"']
+    keys: [products/refresh, "products/refresh/{attributes[reseller.id]}"]
+    values: {count: 1, products: 'attributes["products.count"]', duration: {triple: duration}}
+  - name: refresh products
+    where: ['attributes["trifle.key"] == "products/refresh"']
+    keys: [products/refresh]
+    values: {products: 'attributes["products.count"]'}
+  - name: calculations
+    where: ['name == "run/calc"']
+    keys: [prices/calculations]
+    values: {count: 1, states: {map: execution.state}}
+"""
+
+
+def test_collisions_with_the_default_stat(tmp_path, caplog):
+    from trifle_otel.stats.rules import collisions, default_stat_overlap
+
+    rules = parse_rules(COLLIDING)
+    assert default_stat_overlap(rules.rules[0]) == ["count", "duration.count", "duration.sum", "duration.square"]
+    assert default_stat_overlap(rules.rules[1]) == []
+    assert default_stat_overlap(rules.rules[2]) == ["count", "states.<execution.state>"]
+    # Certain from the conditions alone: only the rule that requires the execution key.
+    found = collisions(rules.rules)
+    assert [(c.rule, c.key, c.paths[0]) for c in found] == [("refresh runs", "products/refresh", "count")]
+    # Given which keys executions have (from a trace index), every literal key that is one.
+    found = collisions(rules.rules, lambda key: key == "prices/calculations")
+    assert [(c.rule, c.key) for c in found] == [("refresh runs", "products/refresh"), ("calculations", "prices/calculations")]
+    file = tmp_path / "rules.yaml"
+    file.write_text(COLLIDING)
+    with caplog.at_level("WARNING", logger="trifle_otel"):
+        load_rules(file)
+    assert len(caplog.records) == 1
+    message = caplog.records[0].getMessage()
+    assert "rule 'refresh runs' tracks count, duration.count" in message and "count twice" in message
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="trifle_otel"):
+        load_rules(file, default_stats=False)
+    assert not caplog.records
+
+
+def test_demo_rules_do_not_count_refresh_runs_twice(caplog):
+    from trifle_otel.demo import DEMO_RULES
+    from trifle_otel.stats.rules import default_stat_overlap
+
+    with caplog.at_level("WARNING", logger="trifle_otel"):
+        rules = load_rules(DEMO_RULES)
+    assert not caplog.records
+    refresh = [r for r in rules.rules if "products/refresh" in r.literal_keys]
+    assert refresh and all(default_stat_overlap(r) == [] for r in refresh)

@@ -213,3 +213,108 @@ def test_bare_producer_roots_are_not_job_runs():
     assert not translate(execution(enqueue), skip_bare_producers=False).ignored
     with_work = make_span("publish", 0, 5, kind="producer")
     assert not translate(execution(with_work, make_span("serialize", 1, 2, with_work))).ignored
+
+
+# -- exceptions through nested spans, results that name their step ---------------------------
+
+STACK_HEAD = "Traceback (most recent call last):\n"
+SDK_FRAMES = (
+    '  File "/venv/lib/python3.11/site-packages/opentelemetry/trace/__init__.py", line 589, in use_span\n    yield span\n'
+    '  File "/venv/lib/python3.11/site-packages/opentelemetry/sdk/trace/__init__.py", line 1104, in start_as_current_span\n'
+    "    yield span\n"
+)
+JOB = '  File "/app/job.py", line 40, in run\n    export(orders)\n'
+EXPORT = '  File "/app/job.py", line 30, in export\n    write(batch)\n'
+WRITE = '  File "/app/job.py", line 20, in write\n    raise TimeoutError("late")\n    ^^^^^^^^^^^^^^^^^^^^^^^^^^\n'
+TAIL = "TimeoutError: late\n"
+
+
+def exception(at_ms, *frames):
+    return ("exception", at_ms, {"exception.type": "TimeoutError", "exception.message": "late",
+                                 "exception.stacktrace": STACK_HEAD + SDK_FRAMES + "".join(frames) + TAIL})
+
+
+def test_an_exception_through_three_nested_spans_is_shown_once_with_the_steps_it_passed():
+    root = make_span("run/export", 0, 100, status="error", events=[exception(90, JOB, EXPORT, WRITE)])
+    export = make_span("Exporting orders", 10, 80, root, status="error", events=[exception(79, EXPORT, WRITE)])
+    write = make_span("Writing batch", 20, 70, export, status="error", events=[exception(69, WRITE)])
+    doc = translate(execution(root, export, write))
+    assert messages(doc) == [
+        (0, "Exporting orders ↴", "success", "text"),
+        (1, "Writing batch ↴", "success", "text"),
+        (2, "TimeoutError: late", "error", "text"),
+        (2, STACK_HEAD + JOB + EXPORT + WRITE + "TimeoutError: late", "error", "raw"),  # the longest, no SDK frames
+        (1, "Writing batch ↵", "error", "text"),
+        (0, "Exporting orders ↵", "error", "text"),
+    ]
+    assert doc.lines[2]["through"] == ["Writing batch", "Exporting orders", "run/export"]
+    assert doc.record["counters"]["states"]["error"] == 4
+
+
+def test_the_same_failure_in_two_sibling_steps_is_two_failures():
+    root = make_span("job", 0, 100, status="error", events=[exception(90, JOB, WRITE)])
+    first = make_span("Writing batch 1", 10, 20, root, status="error", events=[exception(19, WRITE)])
+    second = make_span("Writing batch 2", 30, 40, root, status="error", events=[exception(39, WRITE)])
+    doc = translate(execution(root, first, second))
+    errors = [l for l in doc.lines if l["message"] == "TimeoutError: late"]
+    assert [l["through"] for l in errors] == [["Writing batch 1"], ["Writing batch 2", "job"]]
+    other = make_span("job", 0, 100, status="error", events=[
+        ("exception", 90, {"exception.type": "ValueError", "exception.message": "late"})])
+    doc = translate(execution(other, make_span("step", 10, 20, other, status="error", events=[exception(19, WRITE)])))
+    assert [l["message"] for l in doc.lines if l["type"] == "text" and l["state"] == "error" and "↵" not in l["message"]] == [
+        "TimeoutError: late", "ValueError: late"]
+
+
+def test_an_exception_recorded_twice_on_one_span_is_shown_once():
+    root = make_span("job", 0, 100)
+    step = make_span("step", 10, 20, root, status="error", events=[exception(18, WRITE), exception(19, WRITE)])
+    doc = translate(execution(root, step))
+    assert sum(l["message"] == "TimeoutError: late" for l in doc.lines) == 1
+
+
+def test_an_exception_from_the_sdk_through_nested_spans():
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from trifle_otel.ingest.sdk import from_readable_span
+    from trifle_otel.model import Execution
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("test")
+
+    def write():
+        with tracer.start_as_current_span("Writing batch"):
+            raise TimeoutError("late")
+
+    def export():
+        with tracer.start_as_current_span("Exporting orders"):
+            write()
+
+    try:
+        with tracer.start_as_current_span("run/export"):
+            export()
+    except TimeoutError:
+        pass
+    spans = [from_readable_span(s) for s in exporter.get_finished_spans()]
+    root = next(s for s in spans if s.parent_span_id is None)
+    doc = Translator(Config()).translate(Execution(root, [s for s in spans if s is not root]), now_ns=root.end_ns)
+    text = "\n".join(l["message"] for l in doc.lines)
+    assert text.count("TimeoutError: late") == 2  # the error line and the stack's last line
+    assert "opentelemetry" not in text
+    stack = next(l["message"] for l in doc.lines if l["type"] == "raw")
+    assert "in export" in stack and "in write" in stack  # the outermost recording: the whole way up
+    assert next(l for l in doc.lines if l["message"] == "TimeoutError: late")["through"] == [
+        "Writing batch", "Exporting orders", "run/export"]
+
+
+def test_result_lines_and_their_media_lines_name_their_step():
+    root = make_span("job", 0, 5, attributes={"trifle.result": "done"})
+    child = make_span("dump", 1, 2, root, attributes={"trifle.result": "x" * 200_000})
+    doc = translate(execution(root, child))
+    media = next(l for l in doc.lines if l["type"] == "media")
+    assert (media["span_id"], media["step"]) == (child.span_id, "dump")
+    last = doc.lines[-1]
+    assert last["message"] == "↳ done" and (last["span_id"], last["step"]) == (root.span_id, "job")

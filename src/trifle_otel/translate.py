@@ -153,6 +153,7 @@ class Translator:
             "name": root.name,
             "service": str(root.resource.get("service.name", "")),
             "links": _links(root),
+            "start_ns": root.start_ns,  # first_at keeps milliseconds: offsets of steps need the start
         }
         if execution.running:
             record["open_steps"] = builder.open_steps
@@ -302,12 +303,54 @@ def _children_by_parent(root: Span, spans: list[Span]) -> dict[str, list[Span]]:
     return children
 
 
+# Frames of OpenTelemetry's own code (the context manager that records the exception): noise
+# in a job's stack trace.
+_OTEL_FRAME = re.compile(r"[\\/]opentelemetry[\\/](?:sdk|trace|context)[\\/]|[\\/]opentelemetry[\\/]util[\\/]_decorator\.py$")
+_FRAME = re.compile(r'^  File "([^"]*)"')
+_TRACEBACK = "Traceback (most recent call last):"
+
+
+def clean_stack(stack: str) -> str:
+    """A Python stack trace without the frames inside OpenTelemetry (each with its source lines)."""
+    out: list[str] = []
+    skipping = False
+    for line in stack.rstrip().split("\n"):
+        frame = _FRAME.match(line)
+        if frame:
+            skipping = bool(_OTEL_FRAME.search(frame.group(1)))
+        elif not (skipping and line.startswith("    ")):
+            skipping = False
+        if not skipping:
+            out.append(line)
+    return "\n".join(out)
+
+
+def _frames(stack: str) -> tuple[str, ...]:
+    """The frame lines of the last traceback in a stack trace (where the exception was raised)."""
+    last = stack.rsplit(_TRACEBACK, 1)[-1]
+    return tuple(line for line in last.split("\n") if _FRAME.match(line))
+
+
+@dataclass(slots=True)
+class _Raised:
+    """An exception already written as lines, to recognise it in the spans it propagates through."""
+
+    kind: str
+    message: str
+    frames: tuple[str, ...]
+    line: dict[str, Any]  # the error line
+    stack_line: dict[str, Any] | None
+    span_id: str | None  # the outermost span it was recorded on so far
+
+
 class _LineBuilder:
-    __slots__ = ("lines", "open_steps")
+    __slots__ = ("lines", "open_steps", "_raised", "_parents")
 
     def __init__(self, lines: list[dict[str, Any]]) -> None:
         self.lines = lines
         self.open_steps: list[dict[str, Any]] = []  # outermost first
+        self._raised: list[_Raised] = []
+        self._parents: dict[str, str] | None = None
 
     def add(self, ns: int, message: str, level: int, state: str = "success", kind: str = "text") -> dict[str, Any]:
         line = {"at": ns // 1_000_000_000, "message": message, "state": state, "type": kind, "level": level, "ns": ns}
@@ -323,7 +366,7 @@ class _LineBuilder:
             if is_span:
                 self.span(item, children, level)
             else:
-                self.event(item, level)
+                self.event(item, level, span, children)
 
     def span(self, span: Span, children: dict[str, list[Span]], level: int) -> None:
         head = "head" if span.attributes.get(cv.HEAD) else "text"
@@ -353,17 +396,16 @@ class _LineBuilder:
             self.add(span.end_ns, span.status_message, level, state="error")
         result = span.attributes.get(cv.RESULT)
         if result is not None:
-            self.add(span.end_ns, RESULT + _text(result), level, kind="raw")
+            # Which step's result it is, also once the line became a media line (an artifact).
+            line = self.add(span.end_ns, RESULT + _text(result), level, kind="raw")
+            line["span_id"] = span.span_id
+            line["step"] = span.name
 
-    def event(self, event: Event, level: int) -> None:
+    def event(self, event: Event, level: int, span: Span | None = None,
+              children: dict[str, list[Span]] | None = None) -> None:
         name, attrs, ns = event.name, event.attributes, event.time_ns
         if name == cv.EVENT_EXCEPTION:
-            kind = attrs.get("exception.type") or "Exception"
-            message = attrs.get("exception.message") or ""
-            self.add(ns, f"{kind}: {message}" if message else str(kind), level, state="error")
-            stack = attrs.get("exception.stacktrace")
-            if stack:
-                self.add(ns, str(stack), level, state="error", kind="raw")
+            self.exception(event, level, span, children or {})
             return
         if name in cv.STATE_EVENTS:
             message = attrs.get("message")
@@ -377,3 +419,56 @@ class _LineBuilder:
         rest = {k: v for k, v in attrs.items() if k != cv.STATE}
         if rest:
             self.add(ns, _json_attrs(rest), level, kind="raw")
+
+    def exception(self, event: Event, level: int, span: Span | None, children: dict[str, list[Span]]) -> None:
+        """An error line and the stack trace (OpenTelemetry's frames left out), once per exception.
+
+        OpenTelemetry records an exception on every span it propagates through: the spans after
+        the first add their names to the first error line's ``through`` (innermost first), and
+        its stack becomes the longest one recorded, instead of repeating the lines."""
+        attrs, ns = event.attributes, event.time_ns
+        kind = str(attrs.get("exception.type") or "Exception")
+        message = str(attrs.get("exception.message") or "")
+        raw_stack = attrs.get("exception.stacktrace")
+        stack = clean_stack(str(raw_stack)) if raw_stack else ""
+        frames = _frames(stack)
+        if span is not None:
+            seen = self._propagated(kind, message, frames, span, children)
+            if seen is not None:
+                if seen.span_id != span.span_id:
+                    seen.line.setdefault("through", []).append(span.name)
+                    seen.span_id = span.span_id
+                if stack and len(frames) > len(seen.frames):
+                    seen.frames = frames
+                    if seen.stack_line is not None:
+                        seen.stack_line["message"] = stack
+                return
+        line = self.add(ns, f"{kind}: {message}" if message else kind, level, state="error")
+        stack_line = self.add(ns, stack, level, state="error", kind="raw") if stack else None
+        if span is not None:
+            line["through"] = [span.name]
+            self._raised.append(_Raised(kind, message, frames, line, stack_line, span.span_id))
+
+    def _propagated(self, kind: str, message: str, frames: tuple[str, ...], span: Span,
+                    children: dict[str, list[Span]]) -> _Raised | None:
+        """The exception already written that this one is, seen again further out: same type
+        and message, its stack ends the same way, and it was recorded inside ``span``."""
+        for seen in reversed(self._raised):
+            if seen.kind != kind or seen.message != message:
+                continue
+            if frames and seen.frames and frames[-len(seen.frames):] != seen.frames and seen.frames[-len(frames):] != frames:
+                continue
+            if self._inside(seen.span_id, span.span_id, children):
+                return seen
+        return None
+
+    def _inside(self, span_id: str | None, outer: str, children: dict[str, list[Span]]) -> bool:
+        if self._parents is None:
+            self._parents = {c.span_id: parent for parent, kids in children.items() for c in kids}
+        for _ in range(10_000):
+            if span_id is None:
+                return False
+            if span_id == outer:
+                return True
+            span_id = self._parents.get(span_id)
+        return False

@@ -11,11 +11,11 @@ import click
 
 from ..config import Config
 from ..stores import redact
-from .main import config_options, main
-from .traces import _console
+from .options import config_options
+from . import output
 
 
-@main.command()
+@click.command()
 @click.option("--jobs", type=click.IntRange(1, 100_000), default=120, show_default=True, help="How many jobs to run.")
 @click.option("--seed", type=int, default=7, show_default=True, help="Seed of the workload's randomness.")
 @config_options
@@ -25,7 +25,7 @@ def demo(config: Config, jobs: int, seed: int) -> None:
     from ..ingest.processor import TrifleSpanProcessor
 
     config = demo_config(config)
-    console = _console()
+    console = output.console()
     console.print(f"Running {jobs} jobs into {redact(config.resolved_index_url())} and {config.resolved_data_url()} ...")
     processor = TrifleSpanProcessor(config)
     try:

@@ -8,18 +8,18 @@ from ..config import Config
 from ..stats.drivers import open_stats_driver
 from ..stores import check_urls, open_data, open_index
 from ..stores import redact
-from .main import config_options, main
-from .traces import _console
+from .options import config_options
+from . import output
 
 
-@main.command()
+@click.command()
 @click.option("--retention", "retentions", type=click.IntRange(1, 36500), multiple=True,
               help="Retention classes (days) to create S3 lifecycle rules for; default: the retention_days setting.")
 @config_options
 def setup(config: Config, retentions: tuple[int, ...]) -> None:
     """Prepare the configured stores (idempotent) and print what was done."""
     check_urls(config)
-    console = _console()
+    console = output.console()
     days = retentions or (config.retention_days,)
     steps = [
         ("trace index", config.resolved_index_url(), lambda: open_index(config.resolved_index_url()), lambda s: s.setup()),

@@ -8,37 +8,37 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import click
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from ..config import Config
 from ..errors import NotFoundError
 from ..sinks import load_artifact, load_lines
-from ..stores import TraceQuery, open_data, open_index
-from ..stores.base import TIME_FIELDS
+from ..stores import TraceQuery, redact
+from ..stores.base import decode_cursor
 from ..timeutil import iso, parse_time
-from ..stores import redact
-from .main import config_options, main
-
-STATE_STYLE = {"success": "green", "warning": "yellow", "error": "red", "running": "cyan", "debug": "dim"}
-
-
-def jsonable(record: dict[str, Any]) -> dict[str, Any]:
-    out = dict(record)
-    for name in TIME_FIELDS:
-        if isinstance(out.get(name), datetime):
-            out[name] = iso(out[name])
-    return out
-
-
-def _dump(payload: Any) -> None:
-    click.echo(json.dumps(payload, ensure_ascii=False, indent=2, default=str))
+from .options import config_options
+from .output import (
+    STATE_MARK,
+    STATE_STYLE,
+    console,
+    dump,
+    elapsed,
+    jsonable,
+    milliseconds,
+    state_label,
+    styled,
+    utc_clock,
+)
+from .reading import existing_data, existing_index, find_execution
 
 
-@main.group()
+@click.group()
 def traces() -> None:
     """Search and read execution traces."""
+
+
+# -- list ----------------------------------------------------------------------------------
 
 
 @traces.command("list")
@@ -69,54 +69,93 @@ def list_traces(config: Config, states, tags_all, tags_any, since, until, min_du
         limit=limit,
         cursor=cursor,
     )
-    index = open_index(config.resolved_index_url())
+    if cursor:
+        decode_cursor(cursor)  # a bad cursor is named before the store is looked at
+    index = existing_index(config)
     try:
         page = index.search(query)
     finally:
         index.close()
     if as_json:
-        _dump({"records": [jsonable(r) for r in page.records], "next_cursor": page.next_cursor})
+        dump({"records": [jsonable(r) for r in page.records], "next_cursor": page.next_cursor})
         return
-    console = _console()
+    out = console()
     if not page.records:
-        console.print(f"No executions match in {redact(config.resolved_index_url())}.")
+        out.print(f"No executions match in {escape(redact(config.resolved_index_url()))}.")
         return
-    table = Table(box=None, header_style="bold")
-    for column in ("reference", "key", "state", "started", "duration", "lines", "tags"):
-        table.add_column(column, no_wrap=column != "tags", justify="right" if column in ("duration", "lines") else "left")
-    stuck_at = now - timedelta(seconds=config.stuck_after)
-    for r in page.records:
-        state = r["state"]
-        label = f"[{STATE_STYLE.get(state, '')}]{state}[/]"
-        if state == "running" and r["first_at"] < stuck_at:
-            label += " [red](stuck)[/]"
-        table.add_row(
-            r["reference"][:16],
-            escape(r["key"]),
-            label,
-            r["first_at"].astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
-            _ms(r["duration"]),
-            str(r["length"]),
-            escape(", ".join(r["tags"])),
-        )
-    console.print(table)
+    out.print(_list_table(page.records, now, config.stuck_after, out.width))
     if page.next_cursor:
-        console.print(f"[dim]more: --cursor {page.next_cursor}[/]")
+        # On a line of its own, never wrapped, so that it copies whole.
+        out.print("[dim]next page: --cursor[/]")
+        click.echo(page.next_cursor)
 
 
-def _console() -> Console:
-    # Piped output is not cut to 80 columns: whole lines are easier to grep.
-    return Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+def _list_table(records: list[dict[str, Any]], now: datetime, stuck_after: float, width: int) -> Table:
+    """Reference, key, state, start and duration always; lines and tags when they fit."""
+    rows = []
+    for r in records:
+        state = r["state"]
+        running = state == "running"
+        stuck = running and (now - r["first_at"]).total_seconds() > stuck_after
+        started = r["first_at"].astimezone(timezone.utc)
+        rows.append({
+            "reference": r["reference"][:16],
+            "key": r["key"],
+            "state": (state + (" (stuck)" if stuck else ""), STATE_STYLE.get(state, "") if not stuck else "red"),
+            "started": started.strftime("%Y-%m-%d %H:%M:%S"),
+            "short_started": started.strftime("%m-%d %H:%M:%S"),
+            # A running record's duration is the time of its last live write: show how long it has run.
+            "duration": elapsed((now - r["first_at"]).total_seconds()) if running else milliseconds(r["duration"]),
+            "lines": str(r["length"]),
+            "tags": ", ".join(r["tags"]),
+        })
+
+    def size(name: str, header: str) -> int:
+        return max([len(header)] + [len(row[name][0] if isinstance(row[name], tuple) else row[name]) for row in rows])
+
+    started_key = "started"
+    columns = ["reference", "key", "state", "started", "duration", "lines", "tags"]
+    headers = {"reference": "reference", "key": "key", "state": "state", "started": "started (UTC)",
+               "duration": "duration", "lines": "lines", "tags": "tags"}
+
+    def needed(cols: list[str]) -> int:
+        return sum(size(started_key if c == "started" else c, headers[c]) for c in cols) + len(cols) - 1
+
+    if needed(columns) > width:
+        started_key = "short_started"
+    tags_width = None
+    if needed(columns) > width:
+        room = width - needed(columns[:-1]) - 1
+        if room >= 12:
+            tags_width = room
+        else:
+            columns.remove("tags")
+    if needed(columns) > width:
+        columns.remove("lines")
+
+    table = Table(box=None, header_style="bold", pad_edge=False, collapse_padding=True)
+    for c in columns:
+        table.add_column(
+            headers[c],
+            justify="right" if c in ("duration", "lines") else "left",
+            no_wrap=c != "key",
+            overflow="fold" if c == "key" else "ellipsis",
+            max_width=tags_width if c == "tags" else None,
+            min_width=16 if c == "reference" else None,
+        )
+    for row in rows:
+        cells = []
+        for c in columns:
+            if c == "state":
+                text, style = row["state"]
+                cells.append(styled(escape(text), style))
+            else:
+                cells.append(escape(row[started_key if c == "started" else c]))
+        table.add_row(*cells)
+    return table
 
 
-def _ms(value: float) -> str:
-    if value >= 60_000:
-        return f"{value / 60_000:.1f}m"
-    if value >= 1000:
-        return f"{value / 1000:.2f}s"
-    if value < 10:
-        return f"{value:.1f}ms"
-    return f"{value:.0f}ms"
+# -- show ----------------------------------------------------------------------------------
 
 
 @traces.command("show")
@@ -126,61 +165,129 @@ def _ms(value: float) -> str:
 @config_options
 def show_trace(config: Config, reference: str, as_json: bool, artifact_name: str | None) -> None:
     """Show one execution: its record and every line (REFERENCE or a unique prefix of it)."""
-    index = open_index(config.resolved_index_url())
+    index = existing_index(config)
     try:
-        record = index.get(reference.strip())
+        record = find_execution(config, index, reference)
     finally:
         index.close()
-    if record is None:
-        raise NotFoundError(
-            f"no execution with reference {reference!r} in {redact(config.resolved_index_url())}: "
-            "list references with `trifle-otel traces list` (a unique prefix is enough)"
-        )
-    data = open_data(config.resolved_data_url())
-    try:
-        if artifact_name:
-            body = load_artifact(data, record, artifact_name)
-            if body is None:
-                raise NotFoundError(f"execution {record['reference']} has no artifact {artifact_name!r}")
-            sys.stdout.buffer.write(body)
-            return
-        lines = load_lines(data, record)
-    finally:
-        data.close()
+    lines: list[dict[str, Any]] = []
+    if artifact_name or record.get("parts"):
+        data = existing_data(config)
+        try:
+            if artifact_name:
+                body = load_artifact(data, record, artifact_name)
+                if body is None:
+                    raise NotFoundError(f"execution {record['reference']} has no artifact {artifact_name!r}")
+                sys.stdout.buffer.write(body)
+                sys.stdout.flush()
+                return
+            lines = load_lines(data, record)
+        finally:
+            data.close()
     artifacts = [{"name": l["message"], "size": l.get("size")} for l in lines if l.get("type") == "media"]
     artifacts += [{"name": v["artifact"], "size": v["size"], "meta": k} for k, v in record.get("meta", {}).items()
                   if isinstance(v, dict) and "artifact" in v]
     if as_json:
-        _dump({"record": jsonable(record), "lines": lines, "artifacts": artifacts})
+        dump({"record": jsonable(record), "lines": lines, "artifacts": artifacts})
         return
-    _print_trace(record, lines)
+    print_trace(record, lines, stuck_after=config.stuck_after)
 
 
-def _print_trace(record: dict[str, Any], lines: list[dict[str, Any]]) -> None:
-    console = _console()
+def start_ns(record: dict[str, Any]) -> int | None:
+    """When the execution started, in epoch ns: exact when the record carries ``start_ns``,
+    else ``first_at`` (milliseconds)."""
+    exact = record.get("start_ns")
+    if isinstance(exact, int) and exact > 0:
+        return exact
+    first_at = record.get("first_at")
+    if isinstance(first_at, datetime):
+        return round(first_at.timestamp() * 1000) * 1_000_000
+    return None
+
+
+def running_summary(record: dict[str, Any], now: datetime, stuck_after: float) -> str:
+    """``running for 9m12s, in "Exporting orders" since 16:02:11 UTC (stuck)``."""
+    start = start_ns(record)
+    seconds = (now.timestamp() - start / 1e9) if start is not None else 0.0
+    text = f"running for {elapsed(seconds)}"
+    open_steps = [s for s in record.get("open_steps") or () if isinstance(s, dict) and s.get("name")]
+    if open_steps:
+        step = open_steps[-1]
+        text += f', in "{step["name"]}"'
+        if isinstance(step.get("at"), (int, float)):
+            text += f" since {utc_clock(float(step['at']), now)}"
+    if seconds > stuck_after:
+        text += " (stuck)"
+    return text
+
+
+def _offset(ns: int, start: int) -> str:
+    ms = (ns - start) / 1e6
+    if abs(ms) < 1000:
+        return f"+{ms:.1f}ms"
+    if abs(ms) < 60_000:
+        return f"+{ms / 1000:.3f}s"
+    minutes, rest = divmod(ms / 1000, 60)
+    return f"+{int(minutes)}m{rest:06.3f}s"
+
+
+def print_trace(record: dict[str, Any], lines: list[dict[str, Any]], *, stuck_after: float,
+                now: datetime | None = None) -> None:
+    out = console()
+    now = now or datetime.now(timezone.utc)
     state = record["state"]
-    console.print(f"[bold]{escape(record['key'])}[/]  [{STATE_STYLE.get(state, '')}]{state}[/]  {_ms(record['duration'])}")
-    console.print(f"reference  {record['reference']}")
-    console.print(f"started    {iso(record['first_at'])}   trace {record.get('trace_id', '')}")
+    if state == "running":
+        summary = running_summary(record, now, stuck_after)
+        style = "red" if summary.endswith("(stuck)") else STATE_STYLE["running"]
+        status = styled(escape(f"{STATE_MARK['running']} {summary}"), style)
+    else:
+        status = f"{state_label(state)}  {milliseconds(record['duration'])}"
+    out.print(f"[bold]{escape(record['key'])}[/]  {status}")
+    out.print(f"reference  {record['reference']}")
+    out.print(f"started    {iso(record['first_at'])}   trace {record.get('trace_id', '')}")
     for link in record.get("links", []):
-        console.print(f"{link['type']:<10} trace {link['trace_id']} span {link['span_id']}")
+        out.print(f"{link['type']:<10} trace {link['trace_id']} span {link['span_id']}")
     if record.get("tags"):
-        console.print(f"tags       {escape(', '.join(record['tags']))}")
+        out.print(f"tags       {escape(', '.join(record['tags']))}")
     for k, v in (record.get("meta") or {}).items():
-        console.print(f"[dim]meta[/]       {escape(k)} = {escape(json.dumps(v, ensure_ascii=False, default=str))}")
-    console.print()
-    start = int(record["first_at"].timestamp() * 1_000_000) * 1000 if record.get("first_at") else None
+        out.print(f"[dim]meta[/]       {escape(k)} = {escape(json.dumps(v, ensure_ascii=False, default=str))}")
+    out.print()
+    if not lines:
+        out.print("[dim](no lines yet)[/]" if state == "running" else "[dim](no lines)[/]")
+    start = start_ns(record)
+    width = 11
     for line in lines:
-        offset = f"+{(line['ns'] - start) / 1e6:9.1f}ms" if start is not None and "ns" in line else " " * 12
-        indent = "  " * int(line.get("level", 0))
-        style = STATE_STYLE.get(line["state"], "") if line["state"] != "success" else ""
-        message = str(line["message"])
-        if line["type"] == "media":
-            message = f"[media] {message} ({line.get('size', '?')} bytes; --artifact {message})"
-        elif line["type"] == "raw":
+        has_ns = start is not None and isinstance(line.get("ns"), int)
+        offset = _offset(line["ns"], start).rjust(width) if has_ns else " " * width
+        level = int(line.get("level") or 0)
+        indent = "  " * level
+        line_state = line.get("state") or "success"
+        mark = STATE_MARK.get(line_state, " ") if line_state != "running" else " "
+        message = _message(line)
+        style = STATE_STYLE.get(line_state, "") if line_state != "success" else ""
+        if line.get("type") == "raw":
             style = style or "dim"
-        elif line["type"] == "head":
+        elif line.get("type") == "head":
             style = (style + " bold").strip()
-        text = escape(message).replace("\n", "\n" + " " * 13 + indent)
-        took = f" [dim]({_ms(line['duration'])})[/]" if "duration" in line else ""
-        console.print(f"[dim]{offset}[/] {indent}" + (f"[{style}]{text}[/]" if style else text) + took)
+        pad = " " * (width + 3) + indent
+        text = styled(escape(message).replace("\n", "\n" + pad), style)
+        suffix = ""
+        if "duration" in line:
+            suffix += f" [dim]({milliseconds(line['duration'])})[/]"
+        if line.get("open"):
+            running_for = f" for {elapsed(now.timestamp() - line['ns'] / 1e9)}" if isinstance(line.get("ns"), int) else ""
+            suffix += f" [cyan]{STATE_MARK['running']} running{running_for}[/]"
+        out.print(f"[dim]{offset}[/] {styled(mark, style if mark.strip() else '')} {indent}{text}{suffix}")
+
+
+def _message(line: dict[str, Any]) -> str:
+    message = str(line.get("message", ""))
+    if line.get("type") == "media":
+        size = line.get("size")
+        sized = f"{size:,} bytes" if isinstance(size, int) else "size unknown"
+        owner = f'result of "{line["step"]}": ' if line.get("step") else ""
+        return f"[media] {owner}{message} ({sized}; --artifact {message})"
+    through = line.get("through")
+    if isinstance(through, list) and len(through) > 1:
+        message += " (passed up through " + ", ".join(f'"{name}"' for name in through[1:]) + ")"
+    return message.rstrip()

@@ -27,6 +27,7 @@ finished execution, ``execution.state`` and ``execution.key``.
 from __future__ import annotations
 
 import bisect
+import logging
 import operator
 import re
 from dataclasses import dataclass, field
@@ -40,6 +41,8 @@ from ..model import Span
 from ..paths import compile_path
 from ..yamlfile import parse_yaml, read_text
 from .values import is_number, sanitize_name
+
+logger = logging.getLogger("trifle_otel")
 
 Context = Mapping[str, Any]
 Getter = Callable[[Span, Context], Any]
@@ -65,6 +68,17 @@ class Rule:
     at_start: bool = False
     explain: list[str] = field(default_factory=list)
     spec: Mapping[str, Any] = field(default_factory=dict)  # as written, for `rules check`
+    pinned_keys: frozenset[str] = frozenset()  # execution keys the conditions require (execution.key == "k")
+
+    @property
+    def key_templates(self) -> list[str]:
+        keys = self.spec.get("keys")
+        return [str(k) for k in (keys if isinstance(keys, list) else [keys])]
+
+    @property
+    def literal_keys(self) -> list[str]:
+        """Keys without ``{...}``: the same key for every span the rule matches."""
+        return [k for k in self.key_templates if not _PLACEHOLDER.search(k)]
 
 
 @dataclass(slots=True)
@@ -88,12 +102,56 @@ def _path(rule: str, text: str) -> Getter:
     return lambda span, ctx: getter(span)
 
 
-def _literal(rule: str, text: str) -> Any:
+# Values a path can only ever have: a bare word naming one of them is read as that string.
+ENUM_VALUES: dict[str, tuple[str, ...]] = {
+    "kind": ("internal", "server", "client", "producer", "consumer"),
+    "status.code": ("ok", "error", "unset"),
+    "execution.state": ("success", "warning", "error", "ignored"),
+}
+_NIL_WORDS = ("nil", "null")
+_WORDS_HINT = 'quote a string ("OK"), or use nil, true, false or a number'
+
+
+def _literal(rule: str, text: str, path: str = "", said: str = "") -> Any:
+    """The value on the right of a condition: a quoted string, a number, ``true``/``false``,
+    ``nil`` (no value), a ``[list]`` of those, or a bare word naming a value of an enumerated
+    path (``kind == consumer``).  Any other bare word is refused: ``!= nill`` is a typo, not a
+    string."""
     try:
-        value = yaml.safe_load(text)
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError:
-        raise RuleError(f"rule {rule!r}: cannot read the value {text!r} (quote strings: \"OK\")") from None
-    return value
+        raise RuleError(f"rule {rule!r}: cannot read the value {text!r} ({_WORDS_HINT})") from None
+    if node is None:
+        raise RuleError(f"rule {rule!r}: a condition needs a value after its operator ({_WORDS_HINT})")
+    return _node_value(rule, node, said or text, path)
+
+
+def _node_value(rule: str, node: yaml.Node, text: str, path: str) -> Any:
+    if isinstance(node, yaml.SequenceNode):
+        return [_scalar(rule, item, text, path) for item in node.value]
+    return _scalar(rule, node, text, path)
+
+
+def _scalar(rule: str, node: yaml.Node, text: str, path: str) -> Any:
+    if not isinstance(node, yaml.ScalarNode):
+        raise RuleError(f"rule {rule!r}: cannot compare with {text!r}: use a string, a number, nil or a list")
+    word = node.value
+    enum = ENUM_VALUES.get(path)
+    if node.style in ('"', "'"):  # quoted: a string
+        if enum is not None and word not in enum:
+            raise RuleError(f"rule {rule!r}: {path} is never {word!r}: it is one of {', '.join(enum)}")
+        return word
+    if word.lower() in _NIL_WORDS:
+        return None
+    if node.tag.endswith((":int", ":float")):
+        return yaml.safe_load(word)
+    if node.tag.endswith(":bool") and word.lower() in ("true", "false"):
+        return word.lower() == "true"
+    if enum is not None and word in enum:
+        return word
+    if enum is not None:
+        raise RuleError(f"rule {rule!r}: unknown word {word!r} in {text.strip()!r}: {path} is one of {', '.join(enum)}")
+    raise RuleError(f"rule {rule!r}: unknown word {word!r} in {text.strip()!r}: {_WORDS_HINT}")
 
 
 def _compare(a: Any, b: Any, op: Callable[[Any, Any], bool]) -> bool:
@@ -106,29 +164,47 @@ def _compare(a: Any, b: Any, op: Callable[[Any, Any], bool]) -> bool:
     return False
 
 
-def _condition(rule: str, text: Any) -> tuple[Callable[[Span, Context], bool], str]:
+@dataclass
+class Condition:
+    test: Callable[[Span, Context], bool]
+    text: str  # how `rules check` explains it
+    path: str = ""
+    op: str = ""
+    value: Any = None
+
+
+def _condition(rule: str, text: Any) -> Condition:
     if not isinstance(text, str) or not text.strip():
         raise RuleError(f"rule {rule!r}: each 'where' condition is a string like 'attributes[\"x\"] == \"y\"'")
     match = _CONDITION.match(text)
     if not match:  # a bare path: true when the value is present and truthy
         get = _path(rule, text)
-        return (lambda span, ctx: bool(get(span, ctx))), f"{text.strip()} is set"
-    get = _path(rule, match.group("path"))
+        return Condition(lambda span, ctx: bool(get(span, ctx)), f"{text.strip()} is set", text.strip(), "set")
+    path = match.group("path").strip()
+    get = _path(rule, path)
     op = re.sub(r"\s+", " ", match.group("op"))
     raw = match.group("value")
+    said = text.strip()
     if op in ("matches", "not matches"):
-        pattern_text = _literal(rule, raw)
         try:
-            pattern = re.compile(str(pattern_text))
+            pattern_text = _literal(rule, raw, said=said)
+        except RuleError:
+            pattern_text = None
+        if not isinstance(pattern_text, str):
+            raise RuleError(f"rule {rule!r}: '{op}' needs a quoted regular expression, e.g. "
+                            f"{path} {op} \"^run/\" (got {raw.strip()!r})")
+        try:
+            pattern = re.compile(pattern_text)
         except re.error as exc:
             raise RuleError(f"rule {rule!r}: bad regular expression {pattern_text!r}: {exc}") from None
         want = op == "matches"
-        return (lambda span, ctx: (isinstance(v := get(span, ctx), str) and bool(pattern.search(v))) == want), text.strip()
-    value = _literal(rule, raw)
+        return Condition(lambda span, ctx: (isinstance(v := get(span, ctx), str) and bool(pattern.search(v))) == want,
+                         said, path, op, pattern_text)
+    value = _literal(rule, raw, path, said)
     if op in ("in", "not in"):
         if not isinstance(value, list):
             raise RuleError(f"rule {rule!r}: '{op}' needs a list, e.g. [\"ok\", \"unset\"] (got {raw!r})")
-        choices = set(str(v) if not is_number(v) else v for v in value)
+        choices = set(value)
         want = op == "in"
 
         def member(span: Span, ctx: Context) -> bool:
@@ -138,19 +214,38 @@ def _condition(rule: str, text: Any) -> tuple[Callable[[Span, Context], bool], s
             except TypeError:  # an unhashable value (a list attribute) is in no list
                 return not want
 
-        return member, text.strip()
+        return Condition(member, said, path, op, value)
+    if isinstance(value, list):
+        raise RuleError(f"rule {rule!r}: '{op}' compares with one value, not a list (use 'in' for a list)")
     if op == "==":
         if value is None:
-            return (lambda span, ctx: get(span, ctx) is None), text.strip()
-        return (lambda span, ctx: get(span, ctx) == value), text.strip()
+            return Condition(lambda span, ctx: get(span, ctx) is None, f"{path} is not set", path, op, value)
+        return Condition(lambda span, ctx: get(span, ctx) == value, said, path, op, value)
     if op == "!=":
         if value is None:
-            return (lambda span, ctx: get(span, ctx) is not None), text.strip()
-        return (lambda span, ctx: get(span, ctx) != value), text.strip()
+            return Condition(lambda span, ctx: get(span, ctx) is not None, f"{path} is set", path, op, value)
+        return Condition(lambda span, ctx: get(span, ctx) != value, said, path, op, value)
     if not (is_number(value) or isinstance(value, str)):
         raise RuleError(f"rule {rule!r}: '{op}' compares with a number or a string (got {raw!r})")
     fn = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}[op]
-    return (lambda span, ctx: _compare(get(span, ctx), value, fn)), text.strip()
+    return Condition(lambda span, ctx: _compare(get(span, ctx), value, fn), said, path, op, value)
+
+
+def _pinned_keys(conditions: list[Condition]) -> frozenset[str]:
+    """Execution keys the conditions require: ``execution.key == "k"`` (or ``in [...]``), or
+    the root's ``trifle.key`` attribute, which names the execution's key."""
+    keys: set[str] | None = None
+    for c in conditions:
+        if c.path not in ("execution.key", 'attributes["trifle.key"]', "attributes['trifle.key']"):
+            continue
+        if c.op == "==" and isinstance(c.value, str):
+            found = {c.value}
+        elif c.op == "in" and isinstance(c.value, list):
+            found = {v for v in c.value if isinstance(v, str)}
+        else:
+            continue
+        keys = found if keys is None else keys & found
+    return frozenset(keys or ())
 
 
 def _key_template(rule: str, template: Any) -> Callable[[Span, Context], str | None]:
@@ -325,11 +420,7 @@ def compile_rule(raw: Any, index: int) -> Rule:
         where = [where]
     if not isinstance(where, list):
         raise RuleError(f"rule {name!r}: 'where' is a condition string or a list of them")
-    conditions, explain = [], []
-    for text in where:
-        fn, description = _condition(name, text)
-        conditions.append(fn)
-        explain.append(description)
+    conditions = [_condition(name, text) for text in where]
     keys = raw.get("keys")
     if isinstance(keys, str):
         keys = [keys]
@@ -342,7 +433,109 @@ def compile_rule(raw: Any, index: int) -> Rule:
     at = raw.get("at", "end")
     if at not in ("start", "end"):
         raise RuleError(f"rule {name!r}: 'at' is start or end (got {at!r})")
-    return Rule(name.strip(), conditions, key_fns, emit, at == "start", explain, dict(raw))
+    return Rule(name.strip(), [c.test for c in conditions], key_fns, emit, at == "start", [c.text for c in conditions],
+                dict(raw), _pinned_keys(conditions))
+
+
+# -- explaining a rule, and where it meets the default execution stat ------------------------
+
+# What every stored execution tracks on its own key (see stats.sink.default_values); `*` is
+# any one name.
+DEFAULT_STAT_PATHS: tuple[tuple[str, ...], ...] = (
+    ("count",),
+    ("states", "*"),
+    ("entries", "count"),
+    ("duration", "count"),
+    ("duration", "sum"),
+    ("duration", "square"),
+    ("duration", "states", "*", "count"),
+    ("duration", "states", "*", "sum"),
+    ("duration", "states", "*", "square"),
+)
+
+
+@dataclass(frozen=True)
+class ValuePath:
+    segments: tuple[str, ...]  # value names, "*" where a name comes from the span
+    shown: str  # the path as `rules check` prints it: codes.<attributes["result.code"]>
+    meaning: str  # what is added there
+
+
+def value_paths(spec: Any, prefix: tuple[str, ...] = (), shown: str = "") -> list[ValuePath]:
+    """The paths a (compiled, so valid) ``values`` spec writes, each with what it adds."""
+    def join(name: str) -> str:
+        return f"{shown}.{name}" if shown else name
+
+    if is_number(spec):
+        return [ValuePath(prefix, shown, f"+{_plain(spec)}")]
+    if isinstance(spec, str):
+        return [ValuePath(prefix, shown, f"+ {spec.strip()} (when it is a number)")]
+    if isinstance(spec.get("triple"), str):
+        return [ValuePath(prefix + (n,), join(n), text) for n, text in (
+            ("count", "+1"), ("sum", f"+ {spec['triple'].strip()}"), ("square", f"+ {spec['triple'].strip()} squared"))]
+    if isinstance(spec.get("map"), str):
+        inner = value_paths(spec.get("value", 1), prefix + ("*",), join(f"<{spec['map'].strip()}>"))
+        return inner
+    if isinstance(spec.get("distribution"), str):
+        labels = _bucket_labels(spec)
+        listed = ", ".join(labels) if len(labels) <= 8 else ", ".join(labels[:3] + ["..."] + labels[-3:])
+        return [ValuePath(prefix + ("*",), join("<bucket>"),
+                          f"+1 in the bucket of {spec['distribution'].strip()}: {listed}")]
+    out: list[ValuePath] = []
+    for name, child in spec.items():
+        out.extend(value_paths(child, prefix + (str(name),), join(str(name))))
+    return out
+
+
+def _plain(number: Any) -> str:
+    return f"{number:g}" if isinstance(number, float) else str(number)
+
+
+def _bucket_labels(spec: Mapping[str, Any]) -> list[str]:
+    bounds = _bounds("", spec)
+    labels = [_label(b) for b in bounds]
+    return ["lt_" + labels[0], *labels[:-1], "ge_" + labels[-1]]
+
+
+def _overlap(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
+    """Whether two paths can name the same value, or one a value inside the other."""
+    return all(x == y or "*" in (x, y) for x, y in zip(a, b))
+
+
+def default_stat_overlap(rule: Rule) -> list[str]:
+    """The rule's value paths that the default execution stat also writes, were both on one key."""
+    return [p.shown for p in value_paths(rule.spec.get("values") or {})
+            if any(_overlap(p.segments, d) for d in DEFAULT_STAT_PATHS)]
+
+
+@dataclass(frozen=True)
+class Collision:
+    rule: str
+    key: str
+    paths: tuple[str, ...]
+
+    def message(self, why: str) -> str:
+        return (f"rule {self.rule!r} tracks {', '.join(self.paths)} on {self.key}, {why}: the default execution "
+                f"stat (stats.default_stats) tracks {', '.join(sorted({p.split('.')[0] for p in self.paths}))} there "
+                "too, so those values count twice. Track the rule under another key, leave those values out, "
+                "or set stats.default_stats: false")
+
+
+def collisions(rules: Iterable[Rule], execution_keys: Callable[[str], bool] | None = None) -> list[Collision]:
+    """Literal rule keys whose values meet the default execution stat's values.
+
+    Without ``execution_keys`` only the certain ones: a rule whose conditions require the
+    execution key to be that key.  With it (a test of whether executions with a key exist,
+    from a trace index), every literal key that is one."""
+    out = []
+    for rule in rules:
+        paths = default_stat_overlap(rule)
+        if not paths:
+            continue
+        for key in rule.literal_keys:
+            if key in rule.pinned_keys or (execution_keys is not None and execution_keys(key)):
+                out.append(Collision(rule.name, key, tuple(paths)))
+    return out
 
 
 _NAME_IS = re.compile(r"""^\s*name\s*==\s*(?:"([^"\\]*)"|'([^'\\]*)')\s*$""")
@@ -408,9 +601,15 @@ class RuleSet:
         return tracks
 
 
-def load_rules(path: str | Path) -> RuleSet:
+def load_rules(path: str | Path, *, default_stats: bool = True) -> RuleSet:
+    """Compile a rules file; warns (log ``trifle_otel``) about rules that certainly track on an
+    execution's own key values the default execution stat tracks there too."""
     file = Path(path)
-    return parse_rules(read_text(file, "rules file", RuleError), str(file))
+    ruleset = parse_rules(read_text(file, "rules file", RuleError), str(file))
+    if default_stats:
+        for collision in collisions(ruleset.rules):
+            logger.warning("trifle-otel: %s: %s", file, collision.message("the key of the executions it matches"))
+    return ruleset
 
 
 def parse_rules(text: str, source: str = "rules") -> RuleSet:
@@ -436,4 +635,4 @@ def describe(rule: Rule) -> list[str]:
     return rule.explain or ["every span"]
 
 
-__all__ = ["Rule", "RuleError", "RuleSet", "Track", "load_rules", "parse_rules"]
+__all__ = ["Collision", "Rule", "RuleError", "RuleSet", "Track", "collisions", "load_rules", "parse_rules", "value_paths"]

@@ -39,7 +39,7 @@ class ExecutionStats:
 
     def __init__(self, config: Config, rules: RuleSet | None = None) -> None:
         self.config = config
-        self.rules = rules if rules is not None else (load_rules(config.stats_rules) if config.stats_rules else RuleSet())
+        self.rules = rules if rules is not None else (load_rules(config.stats_rules, default_stats=config.default_stats) if config.stats_rules else RuleSet())
         self.default_stats = config.default_stats
         self.buffer = StatsBuffer(
             None,  # type: ignore[arg-type]  # opened on the first flush, in the worker
