@@ -105,16 +105,18 @@ def test_a_home_written_in_the_directory_layout_still_reads(tmp_path):
     new = Config(home=str(home))  # the default data store: <home>/data.db
     records = all_records(new)
     assert len(records) == 3
-    data = open_data(new.resolved_data_url(), new)
+    runner = CliRunner()
+    shown = runner.invoke(main, ["traces", "show", records[0]["reference"], "--home", str(home)])
+    assert shown.exit_code == 0 and "from the old layout" in shown.output
+    assert not (home / "data.db").exists()  # reading creates nothing
+
+    data = open_data(new.resolved_data_url(), new)  # the next writer: new data in data.db, old still read
     try:
         for record in records:
             messages = [l["message"] for l in load_lines(data, record)]
             assert "↳ from the old layout" in messages
     finally:
         data.close()
-    runner = CliRunner()
-    shown = runner.invoke(main, ["traces", "show", records[0]["reference"], "--home", str(home)])
-    assert shown.exit_code == 0 and "from the old layout" in shown.output
 
 
 WRITER = textwrap.dedent(

@@ -56,6 +56,11 @@ def existing_data(config: Config) -> DataStore:
     from ..stores import open_data
 
     url = config.resolved_data_url()
+    if urlsplit(url).scheme.lower() == "sqlite":
+        data = open_data(url, config, create=False)
+        if not getattr(data, "exists", True):
+            require_store(url, "trace data", "data-url URL")
+        return data
     require_store(url, "trace data directory", "data-url URL")
     return open_data(url, config)
 

@@ -54,14 +54,15 @@ def open_index(url: str) -> TraceIndex:
     return MongoTraceIndex(url)
 
 
-def open_data(url: str, config: Any = None) -> DataStore:
+def open_data(url: str, config: Any = None, *, create: bool = True) -> DataStore:
+    """The data store at ``url``; ``create=False`` (readers) makes no new embedded database."""
     scheme = _scheme(url, "data store", DATA_SCHEMES)
     if scheme == "sqlite":
         from .sqlite_data import SQLiteDataStore
 
         path = sqlite_path(url, "data store")
         # A home written before the data moved into SQLite keeps its files in <home>/data.
-        return SQLiteDataStore(path, legacy_dir=path.parent / "data")
+        return SQLiteDataStore(path, legacy_dir=path.parent / "data", create=create)
     if scheme == "file":
         from .directory import DirectoryDataStore
 

@@ -35,18 +35,31 @@ Put = tuple[str, bytes, "str | None"]  # (path, body, bucket)
 
 
 class SQLiteDataStore:
-    def __init__(self, path: str | Path, *, legacy_dir: str | Path | None = None) -> None:
+    def __init__(self, path: str | Path, *, legacy_dir: str | Path | None = None, create: bool = True) -> None:
         self.path = Path(path)
         self.bucket_name = ""
         self.prefix = DEFAULT_PREFIX
         self._lock = threading.Lock()
+        legacy = Path(legacy_dir) if legacy_dir is not None else None
+        self._legacy = DirectoryDataStore(legacy, create=False) if legacy is not None and legacy.is_dir() else None
+        self._conn: sqlite3.Connection | None = None
+        if not create and not self.path.exists():
+            return  # a reader of a home that only has the directory layout: nothing to create
         self._conn = connect_sqlite(self.path, "trace data")
         try:
             self._conn.executescript(SCHEMA)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot create the trace data table in {self.path}: {exc}") from None
-        legacy = Path(legacy_dir) if legacy_dir is not None else None
-        self._legacy = DirectoryDataStore(legacy, create=False) if legacy is not None and legacy.is_dir() else None
+
+    @property
+    def exists(self) -> bool:
+        """Whether there is anything to read: the database, or an older data directory."""
+        return self._conn is not None or self._legacy is not None
+
+    def _writable(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StoreError(f"the trace data database {self.path} was opened read-only")
+        return self._conn
 
     def bucket_for(self, reference: str) -> str:
         return ""
@@ -64,7 +77,7 @@ class SQLiteDataStore:
             else:
                 rows.extend((path, 0, body))
         with self._lock:
-            c = self._conn
+            c = self._writable()
             try:
                 c.execute("BEGIN IMMEDIATE")
                 execute_rows(c, "INSERT OR REPLACE INTO trifle_data (path, codec, body) VALUES {}", rows, 3)
@@ -78,7 +91,11 @@ class SQLiteDataStore:
     def get(self, path: str, bucket: str | None = None) -> bytes | None:
         with self._lock:
             try:
-                row = self._conn.execute("SELECT codec, body FROM trifle_data WHERE path = ?", (path,)).fetchone()
+                row = (
+                    self._conn.execute("SELECT codec, body FROM trifle_data WHERE path = ?", (path,)).fetchone()
+                    if self._conn is not None
+                    else None
+                )
             except sqlite3.Error as exc:
                 raise StoreError(f"cannot read trace data from {self.path}: {exc}") from None
         if row is None:
@@ -89,7 +106,7 @@ class SQLiteDataStore:
     def delete_prefix(self, prefix: str, bucket: str | None = None) -> None:
         with self._lock:
             try:
-                self._conn.execute(
+                self._writable().execute(
                     "DELETE FROM trifle_data WHERE path >= ? AND path < ?", (prefix, prefix + "\U0010ffff")
                 )
             except sqlite3.Error as exc:
@@ -105,4 +122,5 @@ class SQLiteDataStore:
 
     def close(self) -> None:
         with self._lock:
-            self._conn.close()
+            if self._conn is not None:
+                self._conn.close()
