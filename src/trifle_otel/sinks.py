@@ -15,6 +15,24 @@ from .stores.layout import data_prefix, decode_part, encode_part, part_name
 from .translate import Document
 
 
+def encode_parts(doc: Document, compressed: bool = False) -> Document:
+    """Encode a document's parts for the data store now and let go of its line dicts.
+
+    The worker does this right after translation: a cycle's documents wait for their write
+    as a few bytes objects rather than thousands of dicts, which the garbage collector would
+    otherwise promote and scan again and again in the host application's process."""
+    if doc.bodies is None:
+        doc.bodies = [encode_part(lines, compressed) for lines in doc.parts]
+        doc.lines = []
+        doc.parts = []
+    return doc
+
+
+def part_lines(doc: Document) -> list[list[dict[str, Any]]]:
+    """A document's parts as lines, whether or not they were encoded already."""
+    return doc.parts if doc.bodies is None else [decode_part(body) for body in doc.bodies]
+
+
 class TraceSink:
     def __init__(self, index: TraceIndex, data: DataStore, *, compressed: bool = False):
         self.index = index
@@ -42,8 +60,8 @@ class TraceSink:
             seen = self._written.get(doc.reference)
             live = seen is not None or doc.record["state"] == "running"
             digests: list[int] | None = [] if live else None
-            for part, lines in enumerate(doc.parts, start=1):
-                body = encode_part(lines, self.compressed)
+            bodies = encode_parts(doc, self.compressed).bodies or []
+            for part, body in enumerate(bodies, start=1):
                 if digests is not None:
                     digest = hash(body)
                     digests.append(digest)

@@ -42,6 +42,7 @@ class Document:
     parts: list[list[dict[str, Any]]]
     artifacts: list[tuple[str, bytes]] = field(default_factory=list)
     ignored: bool = False
+    bodies: list[bytes] | None = None  # the parts encoded for the data store (see sinks.encode_parts)
 
     @property
     def reference(self) -> str:

@@ -1,7 +1,7 @@
 """Live stage: running records for executions whose root has started but not ended.
 
-A new root's record is written in the cycle it is seen (so a job shows as ``running`` at
-once); every running record is refreshed each ``live_interval`` with the steps ended so
+A new root's record goes out with the next write (so a job shows as ``running`` within a
+second); every running record is refreshed each ``live_interval`` with the steps ended so
 far, the open ones and the root's latest attributes.
 """
 

@@ -26,6 +26,7 @@ from typing import Any, Iterable
 
 from ..jsonutil import dumps, loads
 from ..stores.base import TIME_FIELDS
+from ..sinks import part_lines
 from ..translate import Document
 
 logger = logging.getLogger("trifle_otel")
@@ -38,7 +39,7 @@ def _encode_document(doc: Document) -> dict[str, Any]:
     return {
         "t": "doc",
         "record": doc.record,
-        "parts": doc.parts,
+        "parts": part_lines(doc),
         "artifacts": [[name, base64.b64encode(body).decode()] for name, body in doc.artifacts],
     }
 

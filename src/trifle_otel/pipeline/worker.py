@@ -28,7 +28,7 @@ from .. import lifecycle
 from ..assembly import Assembler
 from ..config import Config
 from ..model import Execution, Span
-from ..sinks import TraceSink
+from ..sinks import TraceSink, encode_parts
 from ..stats.sink import ExecutionStats
 from ..stores import check_urls, open_data, open_index
 from ..translate import Document, Translator
@@ -94,6 +94,7 @@ class Pipeline:
         if sink_factory is None:
             check_urls(config)  # an unsupported store URL is refused now, not at the first write
         self.translator = Translator(config)
+        self._gzip = config.gzip
         # Rules are compiled here, when the configuration loads: a broken rule is refused now.
         self.execution_stats = ExecutionStats(config) if stats is None else stats
         self._init_state()
@@ -156,7 +157,7 @@ class Pipeline:
             c.spill_max_bytes,
             (c.resolved_index_url(), c.resolved_data_url(), c.resolved_stats_url(), c.stats_mode),
         )
-        self.writer = DocumentWriter(self._open_sink, self.spill, c.retry_buffer, self.counters)
+        self.writer = DocumentWriter(self._open_sink, self.spill, c.retry_buffer, self.counters, interval=c.flush_interval)
         self._next_purge = 0.0
 
     def _start_worker(self) -> None:
@@ -214,8 +215,9 @@ class Pipeline:
         now_ns = time.time_ns()
         finished = self._finish(self.assembler.collect(ignore_grace=flush, final=final), now_ns)
         live = self._live_documents(now_ns) if self.live is not None and not final else []
-        if finished or live or (self.writer.retry and (flush or final or not self.writer.backing_off)):
-            self.writer.write(finished, live, force=flush or final)
+        writer = self.writer
+        if finished or live or writer.queued or (writer.retry and (flush or final or not writer.backing_off)):
+            writer.write(finished, live, force=flush or final)
         if flush or final:
             self.execution_stats.flush()
         else:
@@ -228,7 +230,7 @@ class Pipeline:
             budget=5.0 if flush else 0.5, batch=self.config.retry_buffer,
         )
         self._purge_expired()
-        if self.writer.retry or self.execution_stats.buffer.pending:
+        if self.writer.waiting or self.execution_stats.buffer.pending:
             return False
         return not flush or not self.spill.pending()  # (only a flush asks for the answer)
 
@@ -271,7 +273,7 @@ class Pipeline:
                 self.counters.executions_ignored += 1
                 self.writer.discard(self._sink, doc)
                 continue
-            documents.append(doc)
+            documents.append(encode_parts(doc, self._gzip))
         return documents
 
     def _live_documents(self, now_ns: int) -> list[Document]:
@@ -283,7 +285,7 @@ class Pipeline:
             if doc.ignored:
                 self.writer.discard(self._sink, doc)
                 continue
-            docs.append(doc)
+            docs.append(encode_parts(doc, self._gzip))
         return docs
 
     def _translate(self, execution: Execution, now_ns: int) -> Document | None:

@@ -1,7 +1,9 @@
 """Writing stage: translated documents to the trace stores, retried while they refuse.
 
-Every cycle's documents (finished and live) go to the sink in one call: one data batch,
-then one index batch.  Documents the stores refused wait in a bounded retry buffer and are
+Documents gather for ``interval`` seconds (or ``batch`` documents), then go to the sink in
+one call: one data batch, then one index batch.  Each store call costs the worker a wait for
+the interpreter lock behind a busy application thread, so it writes often enough to keep
+records fresh, and seldom enough that those waits stay a small share of its time.  Documents the stores refused wait in a bounded retry buffer and are
 retried with backoff; past the bound the oldest are spilled to disk, and so is whatever is
 still unwritten at shutdown.  Nothing is spilled while the stores take writes, however
 large a cycle is.
@@ -26,8 +28,22 @@ MAX_BACKOFF = 30.0
 
 
 class DocumentWriter:
-    def __init__(self, open_sink: Callable[[], TraceSink], spill: Spill, retry_limit: int, counters: PipelineCounters) -> None:
+    def __init__(
+        self,
+        open_sink: Callable[[], TraceSink],
+        spill: Spill,
+        retry_limit: int,
+        counters: PipelineCounters,
+        *,
+        interval: float = 0.0,
+        batch: int = 5_000,
+    ) -> None:
         self.open_sink = open_sink
+        self.interval = interval
+        self.batch = batch
+        self.queued: list[Document] = []  # finished, not tried yet
+        self.queued_live: dict[str, Document] = {}  # the latest running record of each execution
+        self.next_write = 0.0
         self.spill = spill
         self.retry_limit = retry_limit
         self.counters = counters
@@ -41,8 +57,25 @@ class DocumentWriter:
     def backing_off(self) -> bool:
         return time.monotonic() < self.retry_at
 
+    @property
+    def waiting(self) -> int:
+        """Documents not in the stores yet (queued or waiting for retry)."""
+        return len(self.queued) + len(self.retry)
+
     def write(self, finished: list[Document], live: list[Document], *, force: bool = False) -> None:
-        """Write this cycle's documents, and those waiting for retry when it is time."""
+        """Queue this cycle's documents; write what is queued (and what waits for retry)
+        when it is time, or now with ``force``."""
+        for doc in finished:
+            self.queued_live.pop(doc.reference, None)
+        self.queued.extend(finished)
+        for doc in live:
+            self.queued_live[doc.reference] = doc
+        now = time.monotonic()
+        if not force and now < self.next_write and len(self.queued) < self.batch:
+            return
+        self.next_write = now + self.interval
+        finished, self.queued = self.queued, []
+        live, self.queued_live = list(self.queued_live.values()), {}
         for doc in finished:
             self.live_written.discard(doc.reference)
         if self.retry and (force or not self.backing_off):
@@ -121,6 +154,8 @@ class DocumentWriter:
 
     def take_all(self) -> list[Document]:
         """What still waits (at shutdown, to spill)."""
-        documents = list(self.retry.values())
+        documents = [*self.retry.values(), *self.queued]
         self.retry.clear()
+        self.queued = []
+        self.queued_live = {}
         return documents
