@@ -28,6 +28,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -107,10 +108,14 @@ def child_app(setup: str, seconds: float, home: str) -> dict:
             make_execution(tracer, made)
             made += 1
     elapsed = time.perf_counter() - start
+    app_cpu = time.thread_time()
+    helper = next((t for t in threading.enumerate() if t.name in ("trifle-otel-worker", "OtelBatchSpanProcessor")), None)
+    helper_cpu = time.clock_gettime(time.pthread_getcpuclockid(helper.ident)) if helper else 0.0
     t0 = time.perf_counter()
     ok = processor.force_flush(120_000)
     drain = time.perf_counter() - t0
-    out = {"setup": setup, "spans_made": made * (1 + CHILDREN), "elapsed": elapsed, "drain": drain, "flush_ok": ok}
+    out = {"setup": setup, "spans_made": made * (1 + CHILDREN), "elapsed": elapsed, "drain": drain, "flush_ok": ok,
+           "app_cpu": app_cpu, "helper_cpu": helper_cpu}
     if setup == "batch":
         out["spans_stored"] = exported[0]
     else:
@@ -252,6 +257,8 @@ def main() -> int:
             extra = f", {r['dropped']} dropped, {r['spilled']} spilled" if setup == "trifle" else ""
             print(f"  {label:<40} app {rate:9,.0f} spans/s   lost {lost:7,d} of {r['spans_made']:,}{extra}   "
                   f"drain {r['drain']:5.2f} s   peak RSS {r['peak_rss_mb']:6.0f} MB")
+            print(f"  {'':<40} CPU in {r['elapsed']:.1f} s: app thread {r['app_cpu']:.2f} s, "
+                  f"{'export' if setup == 'batch' else 'worker'} thread {r['helper_cpu']:.2f} s")
         a, b = results["batch"], results["trifle"]
         ratio = (b["spans_made"] / b["elapsed"]) / (a["spans_made"] / a["elapsed"])
         print(f"  ratio app spans/s (b)/(a): {ratio:.3f}")

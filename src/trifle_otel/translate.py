@@ -294,6 +294,10 @@ def counters_of(lines: list[dict[str, Any]]) -> dict[str, Any]:
     return {"states": states, "types": types, "max_level": max_level}
 
 
+def _start(span: Span) -> int:
+    return span.start_ns
+
+
 def _children_by_parent(root: Span, spans: list[Span]) -> dict[str, list[Span]]:
     known = {root.span_id}
     known.update(s.span_id for s in spans)
@@ -360,6 +364,12 @@ class _LineBuilder:
 
     def content(self, span: Span, children: dict[str, list[Span]], level: int) -> None:
         """Lines for what happened inside ``span``: its events and child spans, in time order."""
+        if not span.events:  # most spans: child spans only, no interleaving to work out
+            kids = children.get(span.span_id)
+            if kids:
+                for child in sorted(kids, key=_start) if len(kids) > 1 else kids:
+                    self.span(child, children, level)
+            return
         items: list[tuple[int, int, Any]] = [(e.time_ns, 0, e) for e in span.events]
         items.extend((c.start_ns, 1, c) for c in children.get(span.span_id, ()))
         items.sort(key=lambda item: (item[0], item[1]))
@@ -370,9 +380,11 @@ class _LineBuilder:
                 self.event(item, level, span, children)
 
     def span(self, span: Span, children: dict[str, list[Span]], level: int) -> None:
-        head = "head" if span.attributes.get(cv.HEAD) else "text"
-        begin = self.add(span.start_ns, span.name + BEGIN, level, "success", head)
-        begin["span_id"] = span.span_id
+        start = span.start_ns
+        begin = {"at": start // 1_000_000_000, "message": span.name + BEGIN, "state": "success",
+                 "type": "head" if span.attributes.get(cv.HEAD) else "text", "level": level, "ns": start,
+                 "span_id": span.span_id}
+        self.lines.append(begin)
         if span.end_ns is None:  # a step of a running job that has not ended: no end line yet
             begin["open"] = True
             self.open_steps.append(
@@ -381,10 +393,12 @@ class _LineBuilder:
             self.content(span, children, level + 1)
             return
         self.content(span, children, level + 1)
-        end_ns = span.end_ns if span.end_ns is not None else span.start_ns
-        line = self.add(end_ns, span.name + END, level, "error" if span.status == "error" else "success")
-        line["span_id"] = span.span_id
-        line["duration"] = round((end_ns - span.start_ns) / 1e6, 3)
+        end_ns = span.end_ns
+        self.lines.append(
+            {"at": end_ns // 1_000_000_000, "message": span.name + END,
+             "state": "error" if span.status == "error" else "success", "type": "text", "level": level, "ns": end_ns,
+             "span_id": span.span_id, "duration": round((end_ns - start) / 1e6, 3)}
+        )
         self.outcome(span, level)
 
     def outcome(self, span: Span, level: int) -> None:
