@@ -4,7 +4,9 @@ by hand with opentelemetry-proto for what the SDK never sends."""
 from __future__ import annotations
 
 import base64
+import threading
 import zlib
+from dataclasses import dataclass, field
 
 import orjson
 from google.protobuf import json_format
@@ -15,6 +17,8 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from trifle_otel.ingest.otlp_intake import Admission, ReceivedBatch
 
 # The OTLP specification's own JSON example: upper-case hex ids, times as strings, kind 2.
 SPEC_EXAMPLE_JSON = b"""{
@@ -116,3 +120,31 @@ def gzip_bomb(zero_mib: int = 1024) -> bytes:
     header = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x02\xff"
     size = (zero_mib << 20) & 0xFFFFFFFF
     return header + block * zero_mib + tail + crc.to_bytes(4, "little") + size.to_bytes(4, "little")
+
+
+@dataclass
+class RecordingIntake:
+    """An intake that keeps every batch; ``refusals`` are answered first, in turn."""
+
+    batches: list[ReceivedBatch] = field(default_factory=list)
+    refusals: list[Admission] = field(default_factory=list)
+    partial: Admission | None = None
+    unhealthy: str | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def accept(self, batch: ReceivedBatch) -> Admission:
+        with self.lock:
+            if self.refusals:
+                return self.refusals.pop(0)
+            self.batches.append(batch)
+            return self.partial or Admission.accept()
+
+    def health(self) -> str | None:
+        return self.unhealthy
+
+    def metrics(self) -> dict[str, float]:
+        return {"pending_spans": float(len(self.spans)), "wal_bytes": 1234.0, "executions_written": 7.0}
+
+    @property
+    def spans(self) -> list:
+        return [span for batch in list(self.batches) for span in batch.spans]

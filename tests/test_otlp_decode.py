@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import gzip
 import math
 import re
+import zlib
 
 import orjson
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
-from otlp_samples import SPEC_EXAMPLE_JSON, many_spans_request, sdk_request, sdk_spans, to_otlp_json
+from otlp_samples import SPEC_EXAMPLE_JSON, gzip_bomb, many_spans_request, sdk_request, sdk_spans, to_otlp_json
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 
-from trifle_otel.errors import OTLPDecodeError, TrifleError
-from trifle_otel.ingest.otlp_decode import decode_json, decode_protobuf, decode_request
+from trifle_otel.errors import OTLPDecodeError, OTLPTooLarge, TrifleError
+from trifle_otel.ingest.otlp_decode import decode_json, decode_protobuf, decode_request, inflate
 from trifle_otel.ingest.sdk import from_readable_span
 
 TRACE = bytes.fromhex("5b8efff798038103d269b633813fc60c")
@@ -385,3 +387,46 @@ def _json_span(fields: dict) -> bytes:
             "startTimeUnixNano": "1", "endTimeUnixNano": "2"}
     span.update(fields)
     return orjson.dumps({"resourceSpans": [{"scopeSpans": [{"spans": [span]}]}]})
+
+
+# -- inflating request bodies ------------------------------------------------------------------
+
+
+def test_inflate_gzip_deflate_and_concatenated_members():
+    data = b"otlp " * 1000
+    assert inflate(data, "", 10_000) == data
+    assert inflate(gzip.compress(data), "gzip", 10_000) == data
+    assert inflate(zlib.compress(data), "deflate", 10_000) == data
+    assert inflate(gzip.compress(data[:10]) + gzip.compress(data[10:]), "gzip", 10_000) == data
+
+
+def test_inflate_refuses_truncated_or_foreign_bodies():
+    with pytest.raises(OTLPDecodeError, match="the gzip request body is truncated"):
+        inflate(gzip.compress(b"x" * 5000)[:-12], "gzip", 10_000)
+    with pytest.raises(OTLPDecodeError, match=r"not valid gzip \(Content-Encoding: gzip\)"):
+        inflate(b"plain text", "gzip", 10_000)
+
+
+def test_inflate_stops_at_the_limit_without_inflating_the_rest(monkeypatch):
+    bomb = gzip_bomb(1024)  # 1 GiB of zeros
+    produced = [0]
+    real = zlib.decompressobj
+
+    class Counting:
+        def __init__(self, *args):
+            self._inner = real(*args)
+
+        def decompress(self, data, max_length=0):
+            out = self._inner.decompress(data, max_length)
+            produced[0] += len(out)
+            return out
+
+        def __getattr__(self, name):
+            return getattr(self._inner, name)
+
+    monkeypatch.setattr(zlib, "decompressobj", Counting)
+    with pytest.raises(OTLPTooLarge, match=r"inflates to more than the limit of 16,777,216 bytes \(1,061,908 bytes of gzip"):
+        inflate(bomb, "gzip", 16 << 20)
+    assert produced[0] == (16 << 20) + 1
+    with pytest.raises(OTLPTooLarge, match="the request body is 2,000 bytes, over the limit of 1,000 bytes"):
+        inflate(bytes(2000), "", 1000)

@@ -29,6 +29,11 @@ class OTLPDecodeError(TrifleError):
     """An OTLP request body that cannot be read (answered 400 / INVALID_ARGUMENT)."""
 
 
+class OTLPTooLarge(TrifleError):
+    """An OTLP request body over the size limit, as received or inflated (answered 413 /
+    RESOURCE_EXHAUSTED)."""
+
+
 class WALFull(TrifleError):
     """The write-ahead log reached its byte bound: refuse new requests (503 / UNAVAILABLE)
     until stored executions let it trim."""

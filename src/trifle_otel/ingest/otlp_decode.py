@@ -43,17 +43,21 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+import zlib
+
 import orjson
 from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from ..errors import OTLPDecodeError
+from ..errors import OTLPDecodeError, OTLPTooLarge
 from ..model import Event, Link, Span
 
-__all__ = ["Decoded", "decode_protobuf", "decode_json", "decode_request", "PROTOBUF", "JSON"]
+__all__ = ["Decoded", "decode_protobuf", "decode_json", "decode_request", "inflate", "PROTOBUF", "JSON", "ENCODINGS"]
 
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
+# Content-Encoding header values accepted, and the name each is known by.
+ENCODINGS = {"": "", "identity": "", "gzip": "gzip", "x-gzip": "gzip", "deflate": "deflate"}
 
 # Span.SpanKind and Status.StatusCode numbers (and, for JSON, their names).
 _KINDS = {0: "internal", 1: "internal", 2: "server", 3: "client", 4: "producer", 5: "consumer"}
@@ -97,6 +101,40 @@ def decode_request(body: bytes, content_type: str) -> Decoded:
     if content_type == JSON:
         return decode_json(body)
     return decode_protobuf(body)
+
+
+def inflate(body: bytes, encoding: str, limit: int) -> bytes:
+    """The body decompressed (``encoding`` as in ``ENCODINGS``), refused with OTLPTooLarge
+    as soon as the output passes ``limit`` bytes: a gzip bomb costs at most ``limit`` bytes
+    of memory and the time to inflate them.  Concatenated gzip members are read in turn."""
+    if len(body) > limit:
+        raise OTLPTooLarge(f"the request body is {len(body):,} bytes, over the limit of {limit:,} bytes")
+    if not encoding:
+        return body
+    name = "gzip" if encoding == "gzip" else "deflate"
+    out = bytearray()
+    inflater = zlib.decompressobj(32 + zlib.MAX_WBITS)  # gzip or zlib, told by the header
+    data = body
+    try:
+        while True:
+            chunk = inflater.decompress(data, limit + 1 - len(out))
+            out += chunk
+            if len(out) > limit:
+                raise OTLPTooLarge(
+                    f"the request body inflates to more than the limit of {limit:,} bytes "
+                    f"({len(body):,} bytes of {name} as received)"
+                )
+            if inflater.eof:
+                if not inflater.unused_data:
+                    return bytes(out)
+                data = inflater.unused_data  # another gzip member follows
+                inflater = zlib.decompressobj(32 + zlib.MAX_WBITS)
+                continue
+            data = inflater.unconsumed_tail
+            if not data and not chunk:
+                raise OTLPDecodeError(f"the {name} request body is truncated")
+    except zlib.error as exc:
+        raise OTLPDecodeError(f"the request body is not valid {name} (Content-Encoding: {encoding}): {exc}") from None
 
 
 # -- protobuf -----------------------------------------------------------------------------
@@ -258,10 +296,10 @@ def _parse_repairing_utf8(body: bytes, error: DecodeError) -> tuple[ExportTraceS
         detail = str(error)
         if detail.startswith("Error parsing message"):
             detail = detail.rsplit(": ", 1)[-1]
-        raise OTLPDecodeError(
-            f"the request body is not a protobuf ExportTraceServiceRequest ({detail}): it is truncated, "
-            "or not protobuf (an OTLP/JSON body must be sent as application/json)"
-        ) from None
+        hint = "it is truncated, or not protobuf"
+        if bytes(body[:64]).lstrip()[:1] in (b"{", b"["):
+            hint = "it looks like JSON: send OTLP/JSON as application/json"
+        raise OTLPDecodeError(f"the request body is not a protobuf ExportTraceServiceRequest ({detail}): {hint}") from None
     repaired = _repair(lenient, string_fields)
     return ExportTraceServiceRequest.FromString(lenient.SerializeToString()), repaired
 
