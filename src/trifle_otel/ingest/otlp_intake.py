@@ -109,7 +109,9 @@ class Admission:
 class Intake(Protocol):
     def accept(self, batch: ReceivedBatch) -> Admission:
         """Take a batch (called from receiver threads, concurrently).  Return only once the
-        spans are safe — appended to the write-ahead log — or refuse."""
+        spans are safe — appended to the write-ahead log — or refuse.  A ``WALFull`` raised
+        here is answered as a refusal (503 / UNAVAILABLE, retry after 5 s); any other
+        exception as an internal error (500 / INTERNAL), logged."""
         ...
 
     def health(self) -> str | None:
