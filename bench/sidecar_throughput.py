@@ -27,7 +27,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from trifle_otel.ingest.otlp_decode import decode_json, decode_protobuf
+from trifle_otel.ingest.otlp_decode import decode_protobuf
+from trifle_otel.ingest.otlp_json import decode_json
 
 SPANS_PER_REQUEST = 512
 STEPS = ("Fetching main product", "Loading offers", "Computing price", "Checking margin", "Saving price")

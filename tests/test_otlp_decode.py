@@ -15,7 +15,8 @@ from otlp_samples import SPEC_EXAMPLE_JSON, gzip_bomb, many_spans_request, sdk_r
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 
 from trifle_otel.errors import OTLPDecodeError, OTLPTooLarge, TrifleError
-from trifle_otel.ingest.otlp_decode import decode_json, decode_protobuf, decode_request, inflate
+from trifle_otel.ingest.otlp_decode import decode_protobuf, decode_request, inflate
+from trifle_otel.ingest.otlp_json import decode_json
 from trifle_otel.ingest.sdk import from_readable_span
 
 TRACE = bytes.fromhex("5b8efff798038103d269b633813fc60c")
