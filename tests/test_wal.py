@@ -218,3 +218,21 @@ def test_every_acknowledged_append_survives_kill_9(tmp_path):
         assert not missing, f"acknowledged but not replayed: {sorted(missing)[:5]}"
     assert len(acknowledged) >= 800
     assert len(list(directory.glob("wal-*.log"))) > 20  # segments rotated while appending
+
+
+def test_a_failed_sync_stops_the_log(tmp_path, monkeypatch):
+    log = WAL(tmp_path)
+    log.append(b"before")
+
+    def failing_sync(fd):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(wal_module, "_sync", failing_sync)
+    with pytest.raises(StoreError, match=r"could not sync to disk \(Input/output error\); it takes no more records"):
+        log.append(b"lost")
+    monkeypatch.undo()
+    with pytest.raises(StoreError, match="takes no more records"):
+        log.append(b"after")  # a sync that now "works" could acknowledge pages the kernel dropped
+    log.close()
+    with WAL(tmp_path) as reopened:
+        assert payloads(reopened)[0] == b"before"

@@ -23,6 +23,8 @@ records ``[payload length: u32 LE][CRC32 of length + payload: u32 LE][payload]``
   Carrying forward is allowed past the bound (it frees at least as much right after).
 - **Replay never raises on bad data.**  A torn or corrupt record (a crash mid-write, a
   damaged disk) ends the reading of its segment and is counted in ``stats()``.
+- A failed sync stops the log (every later append raises ``StoreError``): after an fsync
+  error the kernel may have dropped the pages, so retrying could acknowledge lost data.
 - One process at a time: the directory is locked (``flock``) while open.
 """
 
@@ -117,6 +119,7 @@ class WAL:
         self._retired: list[_Segment] = []  # rotated segments whose fd a sync may still need
         self._total = 0
         self._closed = False
+        self._failed: str | None = None  # a sync failed: the log refuses appends from then on
         self.counters = {"appends": 0, "syncs": 0, "torn_records": 0, "refused": 0, "released": 0}
         for path in sorted(self.directory.iterdir()):
             match = _NAME.match(path.name)
@@ -184,6 +187,8 @@ class WAL:
         when no sync is running; a sync covers everything written before it starts."""
         with self._sync_cond:
             while self._synced < target:
+                if self._failed:
+                    raise StoreError(self._failed)
                 if self._syncing:
                     self._sync_cond.wait()
                     continue
@@ -212,9 +217,18 @@ class WAL:
             with self._sync_cond:
                 if error is None:
                     self._synced = max(self._synced, upto)
+                elif isinstance(error, OSError):
+                    # After a failed fsync the kernel may have dropped the dirty pages, and a
+                    # second fsync could report success for data that is gone: stop here.
+                    self._failed = (
+                        f"the write-ahead log {self.directory} could not sync to disk ({error.strerror or error}); "
+                        "it takes no more records: restart the sidecar once the disk is fixed"
+                    )
                 self._syncing = False
                 self._sync_cond.notify_all()
         if error is not None:
+            if self._failed:
+                raise StoreError(self._failed) from None
             raise error
 
     def _rotate_locked(self) -> _Segment:
@@ -346,7 +360,10 @@ class WAL:
                 for segment in (*self._retired, self._current):
                     if segment is not None and segment.fd is not None:
                         if segment.synced < segment.size:
-                            _sync(segment.fd)
+                            try:
+                                _sync(segment.fd)
+                            except OSError:
+                                pass  # nothing was acknowledged past the last good sync
                         os.close(segment.fd)
                         segment.fd = None
                 self._retired.clear()
@@ -362,6 +379,8 @@ class WAL:
     def _check_open(self) -> None:
         if self._closed:
             raise StoreError(f"the write-ahead log {self.directory} is closed")
+        if self._failed:
+            raise StoreError(self._failed)
 
 
 def _write_all(fd: int, data: bytes) -> None:
