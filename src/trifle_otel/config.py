@@ -1,6 +1,6 @@
 """Configuration: command-line flags > environment > config file (YAML) > defaults.
 
-The file has sections (``store``, ``traces``, ``processor``, ``stats``); every setting has
+The file has sections (``store``, ``traces``, ``processor``, ``stats``, ``receivers``); every setting has
 one flat attribute on :class:`Config`.  Unknown or mistyped settings are refused at load,
 naming the setting and what it expects.
 """
@@ -68,6 +68,13 @@ class Config:
     beginning_of_week: str = "monday"
     stats_mode: str = "full"
     stats_expire_after: int | None = None  # seconds; MongoDB TTL on stats buckets
+    # receivers (trifle-otel serve): HOST:PORT or "off"
+    grpc_listen: str = "127.0.0.1:4317"
+    http_listen: str = "127.0.0.1:4318"
+    auth_token: str | None = field(default=None, repr=False)  # a secret: never in reprs or logs
+    max_request_bytes: int = 16 << 20
+    wal_max_bytes: int = 1 << 30
+    wal_segment_bytes: int = 64 << 20
 
     source: str = field(default="defaults", repr=False, compare=False)
 
@@ -103,11 +110,56 @@ class Config:
             raise ConfigError(f"setting 'stats.mode' must be full, partial or separated (got {self.stats_mode!r})")
         if self.stats_expire_after is not None and self.stats_expire_after <= 0:
             raise ConfigError(f"setting 'stats.expire_after' must be a positive number of seconds (got {self.stats_expire_after!r})")
+        self._validate_receivers()
         if self.beginning_of_week.lower() not in _WEEKDAYS:
             raise ConfigError(
                 f"setting 'beginning_of_week' must be a weekday name such as 'monday' (got {self.beginning_of_week!r})"
             )
         return self
+
+
+    def grpc_address(self) -> tuple[str, int] | None:
+        """Where the OTLP/gRPC receiver listens, or None when it is off."""
+        return parse_listen(self.grpc_listen, "receivers.grpc")
+
+    def http_address(self) -> tuple[str, int] | None:
+        """Where the OTLP/HTTP receiver listens, or None when it is off."""
+        return parse_listen(self.http_listen, "receivers.http")
+
+    def _validate_receivers(self) -> None:
+        for name in ("max_request_bytes", "wal_max_bytes", "wal_segment_bytes"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"setting 'receivers.{name}' must be a positive number of bytes (got {getattr(self, name)!r})")
+        if self.wal_max_bytes < self.max_request_bytes:
+            raise ConfigError(
+                f"setting 'receivers.wal_max_bytes' ({self.wal_max_bytes:,}) must be at least "
+                f"'receivers.max_request_bytes' ({self.max_request_bytes:,}): every request the receivers take must fit the log"
+            )
+        grpc, http = self.grpc_address(), self.http_address()
+        if grpc is not None and grpc == http and grpc[1] != 0:
+            raise ConfigError(f"settings 'receivers.grpc' and 'receivers.http' both listen on {self.grpc_listen}: give each its own port")
+        if self.auth_token is not None and (not self.auth_token or any(c.isspace() or not c.isprintable() for c in self.auth_token)):
+            raise ConfigError(
+                "setting 'receivers.auth.token' must be a non-empty token without spaces "
+                "(check the environment variable it reads, if any)"
+            )
+
+
+def parse_listen(value: str, setting: str) -> tuple[str, int] | None:
+    """``HOST:PORT`` (``[::1]:4317`` for IPv6) → (host, port); ``off`` → None (YAML reads a
+    bare ``off`` as false, which arrives here as ``"False"``)."""
+    text = str(value).strip()
+    if text.lower() in ("off", "false"):
+        return None
+    host, sep, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit() or int(port) > 65535 or " " in host:
+        raise ConfigError(
+            f"setting '{setting}' must be HOST:PORT (such as 127.0.0.1:4317, 0.0.0.0:4317 for every interface, "
+            f"[::1]:4317) or off (got {value!r})"
+        )
+    return host, int(port)
 
 
 _WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
@@ -132,8 +184,12 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "processor": ("queue_size", "flush_interval", "grace", "retry_buffer", "spill_dir", "spill_max_bytes"),
     "stats": ("stats_rules", "default_stats", "granularities", "time_zone", "beginning_of_week", "stats_mode",
               "stats_expire_after"),
+    "receivers": ("grpc_listen", "http_listen", "auth_token", "max_request_bytes", "wal_max_bytes", "wal_segment_bytes"),
 }
-_FILE_NAMES = {"stats": {"stats_rules": "rules", "stats_mode": "mode", "stats_expire_after": "expire_after"}}  # file name differs from attribute name
+_FILE_NAMES = {  # file name differs from attribute name; a dotted name is a nested mapping in the file
+    "stats": {"stats_rules": "rules", "stats_mode": "mode", "stats_expire_after": "expire_after"},
+    "receivers": {"grpc_listen": "grpc", "http_listen": "http", "auth_token": "auth.token"},
+}
 
 _TYPES = {f.name: f.type for f in fields(Config)}
 
@@ -190,8 +246,7 @@ def _from_file(path: Path) -> dict[str, Any]:
             raise ConfigError(f"config file {path}: section '{section}' must be a mapping of settings")
         renamed = {v: k for k, v in _FILE_NAMES.get(section, {}).items()}
         allowed = [_FILE_NAMES.get(section, {}).get(n, n) for n in SECTIONS[section]]
-        for key, value in body.items():
-            key = str(key)
+        for key, value in _nested(body, allowed):
             if key not in allowed:
                 raise ConfigError(f"config file {path}: unknown setting '{section}.{key}'{_hint(key, allowed)}")
             name = renamed.get(key, key)
@@ -202,6 +257,18 @@ def _from_file(path: Path) -> dict[str, Any]:
     for name in ("home", "stats_rules", "spill_dir"):
         if out.get(name) and not Path(out[name]).expanduser().is_absolute():
             out[name] = str((path.parent / out[name]).resolve())
+    return out
+
+
+def _nested(body: dict, allowed: list[str]) -> list[tuple[str, Any]]:
+    """Settings of a section, a nested mapping (``auth: {token: ...}``) as dotted names."""
+    out = []
+    for key, value in body.items():
+        key = str(key)
+        if any(name.startswith(key + ".") for name in allowed) and (value is None or isinstance(value, dict)):
+            out.extend((f"{key}.{sub}", item) for sub, item in (value or {}).items())
+        else:
+            out.append((key, value))
     return out
 
 

@@ -23,3 +23,17 @@ class PartialWriteError(StoreError):
     def __init__(self, message: str, failed: list) -> None:
         super().__init__(message)
         self.failed = failed
+
+
+class OTLPDecodeError(TrifleError):
+    """An OTLP request body that cannot be read (answered 400 / INVALID_ARGUMENT)."""
+
+
+class OTLPTooLarge(TrifleError):
+    """An OTLP request body over the size limit, as received or inflated (answered 413 /
+    RESOURCE_EXHAUSTED)."""
+
+
+class WALFull(TrifleError):
+    """The write-ahead log reached its byte bound: refuse new requests (503 / UNAVAILABLE)
+    until stored executions let it trim."""

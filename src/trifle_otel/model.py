@@ -46,6 +46,9 @@ class Span:
     links: tuple[Link, ...] = ()
     resource: Attributes = field(default_factory=dict)
     scope: str = ""
+    # False when the sender did not say whether the parent is remote (OTLP span flags
+    # without bit 0x100): ``parent_remote`` is then a guess for assembly to refine.
+    parent_remote_known: bool = True
 
     @property
     def is_local_root(self) -> bool:

@@ -1,0 +1,89 @@
+"""Prometheus metrics of the OTLP receivers (``GET /metrics`` on the HTTP port).
+
+One :class:`ReceiverMetrics` is shared by the HTTP and the gRPC receiver of a process, in a
+``CollectorRegistry`` of its own (never prometheus-client's global one, which would mix in
+whatever else the process registers and break a second sidecar in the same process,
+such as in tests).  The receivers count what they see (spans received and refused by
+reason, requests by status); what lies behind the intake (executions written, pending and
+late spans, write-ahead log bytes, store errors) is read from ``Intake.metrics()`` at
+each scrape, so it is never stale and costs nothing between scrapes.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Callable, Iterator, Mapping
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from .otlp_intake import INTAKE_METRICS
+
+__all__ = ["ReceiverMetrics", "CONTENT_TYPE_LATEST"]
+
+logger = logging.getLogger("trifle_otel")
+
+PREFIX = "trifle_otel_"
+
+
+class ReceiverMetrics:
+    def __init__(self, intake_metrics: Callable[[], Mapping[str, float]] | None = None) -> None:
+        self.registry = CollectorRegistry()
+        self.spans_received = Counter(
+            PREFIX + "spans_received", "Spans accepted from OTLP export requests", ["transport"], registry=self.registry
+        )
+        self.spans_refused = Counter(
+            PREFIX + "spans_refused",
+            "Spans refused, by reason (invalid_span, rejected, wal_full, overloaded, ...)",
+            ["transport", "reason"],
+            registry=self.registry,
+        )
+        self.requests = Counter(
+            PREFIX + "requests",
+            "OTLP export requests by transport and answer (HTTP status, or gRPC status code name)",
+            ["transport", "status"],
+            registry=self.registry,
+        )
+        if intake_metrics is not None:
+            self.registry.register(_IntakeCollector(intake_metrics))
+
+    def request(self, transport: str, status: int | str) -> None:
+        self.requests.labels(transport, str(status)).inc()
+
+    def received(self, transport: str, spans: int) -> None:
+        if spans:
+            self.spans_received.labels(transport).inc(spans)
+
+    def refused(self, transport: str, reason: str, spans: int) -> None:
+        if spans:
+            self.spans_refused.labels(transport, reason).inc(spans)
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition (content type ``CONTENT_TYPE_LATEST``)."""
+        return generate_latest(self.registry)
+
+
+_NAME = re.compile(r"[^a-zA-Z0-9_]")
+
+
+class _IntakeCollector:
+    def __init__(self, read: Callable[[], Mapping[str, float]]) -> None:
+        self._read = read
+
+    def describe(self) -> list[Metric]:
+        return []  # read at scrape time only
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            values = dict(self._read())
+        except Exception:  # a scrape never fails because the pipeline could not answer
+            logger.exception("reading the intake's metrics failed")
+            return
+        for name, value in sorted(values.items()):
+            kind, help_text = INTAKE_METRICS.get(name, ("gauge", name.replace("_", " ")))
+            metric_name = PREFIX + _NAME.sub("_", name)
+            if kind == "counter":
+                yield CounterMetricFamily(metric_name, help_text, value=float(value))
+            else:
+                yield GaugeMetricFamily(metric_name, help_text, value=float(value))
