@@ -134,8 +134,28 @@ class StatsBuffer:
         """Add flat dotted ``values``.  They are summed per (key, second) here, and spread over
         the granularities' buckets at flush: every bucket is a whole number of seconds, so the
         result is the same, and a track costs its values, not values × granularities."""
-        if flat:
-            self.track_many(((key, ts, flat),), count)
+        if not flat:
+            return
+        ident = (key, _second(ts))
+        with self._lock:
+            self.counters.tracks += 1
+            raw = self._raw
+            values = raw.get(ident)
+            if values is None:
+                if len(raw) >= self.max_buckets:
+                    self.counters.dropped += 1
+                    return
+                raw[ident] = dict(flat)
+            else:
+                get = values.get
+                for path, value in flat.items():
+                    values[path] = get(path, 0) + value
+            if self.system_tracking:
+                calls = self._calls
+                calls[ident] = calls.get(ident, 0) + count
+            full = len(raw) >= self.flush_size
+        if full and self._thread is not None:
+            self._wake.set()
 
     def track_many(self, tracks: Iterable[tuple[str, float, Mapping[str, Any]]], count: int = 1) -> None:
         """``track_flat`` for several tracks under one lock (an execution's tracks at once)."""
@@ -166,27 +186,54 @@ class StatsBuffer:
             self._wake.set()
 
     def _spread(self, raw: dict[tuple[str, int], dict[str, Any]], calls: dict[tuple[str, int], int]) -> dict[Bucket, dict[str, Any]]:
-        """Per-second sums → per-bucket sums at every granularity (plus system tracking)."""
-        out: dict[Bucket, dict[str, Any]] = {}
+        """Per-second sums → per-bucket sums at every granularity (plus system tracking).
+
+        Seconds are first summed per *cell*: the seconds that share their bucket at every
+        granularity (with the default list, a minute).  A cell lies inside one bucket of each
+        granularity whatever the zone or DST does, so summing it first is exact, and the
+        spread then costs cells × granularities, not seconds × granularities."""
+        grans = self.granularities
+        texts = [g.text for g in grans]
         bucket_of = self.floor.bucket
-        for g in self.granularities:
-            text = g.text
-            for (key, second), values in raw.items():
-                ident = (key, text, bucket_of(second, g))  # seconds were range-checked on track
+        cells: dict[int, tuple[int, ...]] = {}
+        for _, second in (*raw, *calls):
+            if second not in cells:
+                cells[second] = tuple([bucket_of(second, g) for g in grans])  # seconds were range-checked on track
+        by_cell: dict[tuple[str, tuple[int, ...]], dict[str, Any]] = {}
+        for (key, second), values in raw.items():
+            ident = (key, cells[second])
+            target = by_cell.get(ident)
+            if target is None:
+                by_cell[ident] = values  # taken from the buffer: ours to reuse
+            else:
+                get = target.get
+                for path, value in values.items():
+                    target[path] = get(path, 0) + value
+        out: dict[Bucket, dict[str, Any]] = {}
+        for (key, cell), values in by_cell.items():
+            for text, start in zip(texts, cell):
+                ident = (key, text, start)
                 target = out.get(ident)
                 if target is None:
                     out[ident] = dict(values)
                 else:
+                    get = target.get
                     for path, value in values.items():
-                        target[path] = target.get(path, 0) + value
+                        target[path] = get(path, 0) + value
+        if calls:
+            counts: dict[tuple[str, tuple[int, ...]], int] = {}
             for (key, second), n in calls.items():
-                ident = (SYSTEM_KEY, text, bucket_of(second, g))
-                system = out.get(ident)
-                if system is None:
-                    system = out[ident] = {"count": 0}
-                system["count"] += n
+                ident2 = (key, cells[second])
+                counts[ident2] = counts.get(ident2, 0) + n
+            for (key, cell), n in counts.items():
                 path = "keys." + sanitize_name(key)
-                system[path] = system.get(path, 0) + n
+                for text, start in zip(texts, cell):
+                    ident = (SYSTEM_KEY, text, start)
+                    system = out.get(ident)
+                    if system is None:
+                        system = out[ident] = {"count": 0}
+                    system["count"] += n
+                    system[path] = system.get(path, 0) + n
         return out
 
     def assert_(self, key: str, at: datetime | float, values: Mapping[str, Any]) -> None:

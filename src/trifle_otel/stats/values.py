@@ -49,14 +49,18 @@ def flatten(values: Mapping[str, Any], prefix: str = "", out: dict[str, Number] 
     """``{"a": {"b": 1}}`` → ``{"a.b": 1}``, sanitizing every name; non-numbers are left out."""
     if out is None:
         out = {}
+    cache = _sanitized
+    isfinite = math.isfinite
     for name, value in values.items():
-        path = prefix + sanitize_name(name)
+        # (sanitize_name inlined: this runs for every value of every track)
+        clean = cache.get(name) if type(name) is str else None
+        path = prefix + (clean if clean is not None else sanitize_name(name))
         kind = type(value)
-        if kind is int or (kind is float and math.isfinite(value)):
+        if kind is int or (kind is float and isfinite(value)):
             out[path] = value
         elif kind is dict or isinstance(value, Mapping):
             flatten(value, path + ".", out)
-        elif is_number(value):
+        elif kind is not float and is_number(value):
             out[path] = value
     return out
 
