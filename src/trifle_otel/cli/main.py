@@ -50,7 +50,7 @@ def main() -> None:
 
 
 def _register() -> None:
-    from . import demo, setup, stats, traces  # noqa: F401  (commands attach themselves to ``main``)
+    from . import demo, setup, stats, traces, ui  # noqa: F401  (commands attach themselves to ``main``)
 
 
 _register()
