@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from ..errors import ConfigError
 from ..stats.series import compile_expression, summarize
@@ -169,26 +169,35 @@ def _variable(i: int) -> str:
     return f"v{i}"
 
 
+def compile_paths(text: str) -> tuple[Callable[[Mapping[str, Any]], Any], list[str]]:
+    """A safe function of a value for an expression written with paths, and those paths.
+    Errors quote the expression as written."""
+    rewritten, paths = parse_expression(text)
+    names = [_variable(i) for i in range(len(paths))]
+    try:
+        fn = compile_expression(rewritten, names)
+    except ConfigError as exc:
+        message = str(exc).replace(repr(rewritten), repr(text))
+        for name, path in zip(names, paths):
+            message = re.sub(rf"\b{name}\b", path, message)
+        raise ConfigError(message) from None
+
+    def value_of(value: Mapping[str, Any]) -> Any:
+        return fn({n: (v if is_number(v := dig(value, p)) else None) for n, p in zip(names, paths)})
+
+    return value_of, paths
+
+
 def evaluate(series: Mapping[str, Sequence[Any]], text: str) -> Expression:
     """The expression in each bucket, and over the whole range (on the summed values)."""
     try:
-        rewritten, paths = parse_expression(text)
-        names = [_variable(i) for i in range(len(paths))]
-        fn = compile_expression(rewritten, names)
+        fn, paths = compile_paths(text)
     except ConfigError as exc:
-        return Expression(text, [], [], None, str(exc).replace(repr(_rewritten_or(text)), repr(text)))
+        return Expression(text, [], [], None, str(exc))
 
     def at(value: Mapping[str, Any]) -> float | None:
-        env = {n: (v if is_number(v := dig(value, p)) else None) for n, p in zip(names, paths)}
-        result = fn(env)
+        result = fn(value)
         return float(result) if is_number(result) else None
 
     points = [at(v) for v in series["values"]]
     return Expression(text, paths, points, at(totals(series["values"])))
-
-
-def _rewritten_or(text: str) -> str:
-    try:
-        return parse_expression(text)[0]
-    except ConfigError:
-        return text

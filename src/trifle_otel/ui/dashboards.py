@@ -30,11 +30,11 @@ from typing import Any, Sequence
 
 from ..errors import ConfigError
 from ..stats.granularity import parse_granularity
-from ..stats.series import category, compile_expression, expand_path
+from ..stats.series import category, expand_path
 from ..timeutil import parse_time
 from ..yamlfile import parse_yaml, read_text
 from ..stats.values import dig, is_number
-from .charts import evaluate, parse_expression, totals
+from .charts import compile_paths, evaluate, totals
 from .format import num
 
 WIDGETS = {
@@ -131,7 +131,10 @@ def _dashboard(item: Any, where: str) -> Dashboard:
         raise _fail(where, f"'id' must be letters, digits, '-' or '_' (got {slug!r})")
     granularity = item.get("granularity")
     if granularity is not None:
-        granularity = parse_granularity(str(granularity)).text
+        try:
+            granularity = parse_granularity(str(granularity)).text
+        except ConfigError as exc:
+            raise _fail(where, str(exc)) from None
     range_ = str(item.get("range", "1d"))
     parse_time(range_, what=f"{where}: 'range'")
     variables = _variables(item.get("variables"), where)
@@ -199,8 +202,7 @@ def _widget(item: Any, where: str, variables: set[str]) -> Widget:
         else:
             text = _string(spec["expression"], where, "expression")
             try:
-                rewritten, paths = parse_expression(text)
-                compile_expression(rewritten, [f"v{i}" for i in range(len(paths))])
+                compile_paths(text)
             except ConfigError as exc:
                 raise _fail(where, str(exc)) from None
     return Widget(kind, title, key, spec)
@@ -253,9 +255,12 @@ def widget_view(widget: Widget, key: str, series: dict[str, list]) -> dict[str, 
             view["value"], view["error"] = (found if is_number(found) else None), None
         view["text"] = num(view["value"]) + (str(widget.spec.get("unit") or "") if view["value"] is not None else "")
     elif widget.type == "category":
-        sums = category(series, widget.spec["path"])
+        path = widget.spec["path"]
+        sums = category(series, path)
         whole = sum(sums.values()) or 1
-        view["rows"] = sorted(((name, value, value / whole * 100) for name, value in sums.items()), key=lambda r: -r[1])
+        fixed = path.split("*", 1)[0] if "*" in path else path + "."
+        view["rows"] = sorted(((name[len(fixed):] if name.startswith(fixed) else name, value, value / whole * 100)
+                               for name, value in sums.items()), key=lambda r: -r[1])
     else:
         if "triple" in widget.spec:
             view["chart"] = {"title": widget.title, "kind": "triple", "paths": [widget.spec["triple"]]}
