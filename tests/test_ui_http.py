@@ -203,35 +203,27 @@ def test_a_store_that_does_not_exist_is_reported_not_created(tmp_path):
     assert not home.exists()
 
 
-DASHBOARDS = """
-dashboards:
-  - name: Price calculations
-    granularity: 1h
-    range: 1d
-    variables:
-      customer: {from_keys: "prices/calculations/customer/{customer}"}
-    widgets:
-      - {type: kpi, title: Calculations, key: prices/calculations, value: count}
-      - {type: kpi, title: OK rate, key: prices/calculations, expression: "codes.OK / count * 100", unit: "%"}
-      - {type: kpi, title: Customer calculations, key: "prices/calculations/customer/{customer}", value: count}
-      - {type: timeseries, title: States, key: prices/calculations, paths: ["states.*"], stacked: true}
-      - {type: timeseries, title: Duration, key: prices/calculations, triple: duration}
-      - {type: category, title: Result codes, key: "prices/calculations/customer/{customer}", path: "codes.*"}
-"""
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
 def test_dashboards_from_yaml(demo, tmp_path):
+    """The example dashboards (the demo's price-calculation page: global, per customer, per reseller)."""
     _, base = demo
+    example = Config(home=base.home, ui_dashboards=str(EXAMPLES / "dashboards.yaml"))
+    with serving(example) as url:
+        assert 'href="/dashboards/customer"' in fetch(url + "/stats")[2].decode()
+        html = fetch(url + "/dashboards/price-calculations")[2].decode()
+        calculations, ok_rate, revenue = re.findall(r'<p class="kpi">([^<]+)</p>', html)
+        assert int(calculations) > 0 and ok_rate.endswith("%") and float(revenue.replace(",", "")) > 0
+        assert html.count('class="plot"') == 2 and "LOW_MARGIN" in html
+        acme = fetch(url + "/dashboards/customer?customer=acme")[2].decode()
+        assert '<option value="acme" selected>' in acme and '<option value="globex">' in acme
+        assert 0 < int(re.findall(r'<p class="kpi">([^<]+)</p>', acme)[0]) < int(calculations)
+        assert '<option value="north"' in fetch(url + "/dashboards/reseller")[2].decode()
     file = tmp_path / "dashboards.yaml"
-    file.write_text(DASHBOARDS)
+    file.write_text((EXAMPLES / "dashboards.yaml").read_text())
     config = Config(home=base.home, ui_dashboards=str(file))
     with serving(config) as url:
-        html = fetch(url + "/dashboards/price-calculations?customer=acme")[2].decode()
-        assert 'href="/dashboards/price-calculations"' in fetch(url + "/stats")[2].decode()
-        kpis = re.findall(r'<p class="kpi">([^<]+)</p>', html)
-        assert len(kpis) == 3 and int(kpis[0].replace(",", "")) > int(kpis[2].replace(",", "")) > 0
-        assert kpis[1].endswith("%") and '<option value="acme" selected>' in html
-        assert html.count('class="plot"') == 2 and "OK" in html
         file.write_text("dashboards:\n  - name: Broken\n    widgets: [{type: pie, key: k}]\n")
         status, _, body = fetch(url + "/dashboards/price-calculations")
         assert status == 400 and b"dashboard &#39;Broken&#39;: widget #1" in body

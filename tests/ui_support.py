@@ -4,14 +4,17 @@ writers, and Debian's Chromium for the browser tests."""
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import subprocess
 import urllib.error
 import urllib.request
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterator
 
+import pytest
 from opentelemetry import context as otel_context
 from opentelemetry import trace as otel_trace
 from opentelemetry.sdk.resources import Resource
@@ -20,8 +23,10 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status,
 
 from trifle_otel import TrifleSpanProcessor, trace
 from trifle_otel.config import Config
+from trifle_otel.demo import RESELLERS
 from trifle_otel.model import Execution, Span
 from trifle_otel.sinks import TraceSink
+from trifle_otel.stats.api import Stats
 from trifle_otel.stores import open_data, open_index
 from trifle_otel.translate import Document, Translator, counters_of
 from trifle_otel.ui.app import create_app
@@ -151,3 +156,78 @@ def stuck_export(config: Config, now: datetime, started_ago: float = 7200.0) -> 
     doc.record["open_steps"] = [{"name": name, "span_id": span_id, "at": start / 1e9 + after, "level": level}
                                 for name, span_id, after, level in steps]
     return store(config, doc)
+
+
+def stats_history(config: Config, now: datetime, hours: int = 24, seed: int = 3) -> None:
+    """A day of price-calculation stats before the demo's minute, in the shape of the demo's
+    rules (global, per customer, per reseller), so that charts over a day have a day to draw."""
+    rng = random.Random(seed)
+    stats = Stats(config, buffered=False)
+    try:
+        for back in range(hours, 0, -1):
+            at = now - timedelta(hours=back)
+            busy = 1.5 if 8 <= at.hour < 18 else 0.6
+            for customer, reseller in RESELLERS.items():
+                n = max(4, int(rng.randint(15, 40) * busy))
+                codes = {"OK": 0, "LOW_MARGIN": 0, "NO_OFFERS": 0, "SUPPLIER_TIMEOUT": 0, "PRICE_BELOW_COST": 0}
+                for _ in range(n):
+                    codes[rng.choices(list(codes), weights=[70, 12, 9, 6, 3])[0]] += 1
+                mean, spread = rng.uniform(22, 34), rng.uniform(6, 12)
+                priced = n - codes["NO_OFFERS"] - codes["SUPPLIER_TIMEOUT"]
+                values = {
+                    "count": n,
+                    "states": {"success": codes["OK"], "warning": codes["LOW_MARGIN"] + codes["NO_OFFERS"],
+                               "error": codes["SUPPLIER_TIMEOUT"] + codes["PRICE_BELOW_COST"]},
+                    "codes": {k: v for k, v in codes.items() if v},
+                    "duration": {"count": n, "sum": n * mean, "square": n * (spread ** 2 + mean ** 2)},
+                    "price": {"sum": round(priced * rng.uniform(500, 800), 2),
+                              "distribution": {"400": priced // 2, "800": priced - priced // 2}},
+                    "margin": {"lt_0": codes["PRICE_BELOW_COST"], "0": codes["LOW_MARGIN"], "0_05": codes["OK"] // 3,
+                               "0_1": codes["OK"] // 3, "0_15": codes["OK"] - 2 * (codes["OK"] // 3)},
+                }
+                for key in ("prices/calculations", f"prices/calculations/customer/{customer}",
+                            f"prices/calculations/reseller/{reseller}"):
+                    stats.track(key, at, values)
+    finally:
+        stats.shutdown()
+
+
+# -- the browser -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def browser():
+    executable = ensure_chromium()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
+@dataclass
+class Tab:
+    """A page and what it reported: script errors and dialogs (an alert would be one)."""
+
+    page: object
+    errors: list[str] = field(default_factory=list)
+    dialogs: list[str] = field(default_factory=list)
+
+
+@pytest.fixture
+def tab(browser):
+    context = browser.new_context(viewport={"width": 1360, "height": 900}, accept_downloads=True)
+    page = context.new_page()
+    found = Tab(page)
+    page.on("pageerror", lambda error: found.errors.append(str(error)))
+    page.on("console", lambda message: found.errors.append(message.text) if message.type == "error" else None)
+
+    def on_dialog(dialog):
+        found.dialogs.append(dialog.message)
+        dialog.dismiss()
+
+    page.on("dialog", on_dialog)
+    yield found
+    context.close()
+    assert found.errors == []

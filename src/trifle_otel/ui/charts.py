@@ -62,6 +62,11 @@ def bucket_bound(name: str) -> float:
         return math.inf
 
 
+def is_bucket(name: str) -> bool:
+    """A distribution bucket's name: ``lt_100``, ``200``, ``0_05``, ``ge_1600``."""
+    return bool(_BUCKET.match(name))
+
+
 def bucket_label(name: str) -> str:
     """``lt_0`` → ``< 0``, ``0_05`` → ``≥ 0.05``, ``ge_1600`` → ``≥ 1600``."""
     if name.startswith("lt_"):
@@ -107,7 +112,7 @@ def _walk(series, node: Mapping[str, Any], path: str, charts: list[Chart]) -> No
             continue
         if leaves:
             keys = list(leaves)
-            if len(keys) >= 2 and all(_BUCKET.match(k) for k in keys):
+            if len(keys) >= 2 and all(is_bucket(k) for k in keys):
                 keys.sort(key=bucket_bound)
                 kind = "distribution"
             elif TOTALS & set(keys):

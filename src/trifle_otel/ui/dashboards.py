@@ -34,7 +34,7 @@ from ..stats.series import category, expand_path
 from ..timeutil import parse_time
 from ..yamlfile import parse_yaml, read_text
 from ..stats.values import dig, is_number
-from .charts import compile_paths, evaluate, totals
+from .charts import bucket_bound, bucket_label, compile_paths, evaluate, is_bucket, totals
 from .format import num
 
 WIDGETS = {
@@ -259,8 +259,12 @@ def widget_view(widget: Widget, key: str, series: dict[str, list]) -> dict[str, 
         sums = category(series, path)
         whole = sum(sums.values()) or 1
         fixed = path.split("*", 1)[0] if "*" in path else path + "."
-        view["rows"] = sorted(((name[len(fixed):] if name.startswith(fixed) else name, value, value / whole * 100)
-                               for name, value in sums.items()), key=lambda r: -r[1])
+        rows = [(name[len(fixed):] if name.startswith(fixed) else name, value, value / whole * 100)
+                for name, value in sums.items()]
+        if len(rows) >= 2 and all(is_bucket(name) for name, _, _ in rows):  # a distribution: in bucket order
+            view["rows"] = [(bucket_label(n), v, s) for n, v, s in sorted(rows, key=lambda r: bucket_bound(r[0]))]
+        else:
+            view["rows"] = sorted(rows, key=lambda r: -r[1])
     else:
         if "triple" in widget.spec:
             view["chart"] = {"title": widget.title, "kind": "triple", "paths": [widget.spec["triple"]]}

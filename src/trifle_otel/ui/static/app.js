@@ -169,6 +169,11 @@
       drawn = order.map((i) => cumulative[i]);
       raw = order.map((i) => raw[i]);
     }
+    // A value with no neighbours draws no line: mark it with a point.
+    const isolated = raw.map((points) => {
+      const found = points.flatMap((p, j) => (p !== null && points[j - 1] == null && points[j + 1] == null ? [j] : []));
+      return found.length ? found : null;
+    });
     const nonEmpty = raw.reduce((n, points) => n + points.filter((p) => p !== null && p !== 0).length, 0);
     plot.dataset.points = String(nonEmpty);
     const width = Math.max(260, plot.clientWidth || 600);
@@ -177,7 +182,10 @@
       width,
       height: 200,
       tzDate: (ts) => uPlot.tzDate(new Date(ts * 1000), tz || "Etc/UTC"),
-      scales: { x: { time: true, range: () => [xs[0] - step / 2, xs[xs.length - 1] + step / 2] } },
+      scales: {
+        x: { time: true, range: () => [xs[0] - step / 2, xs[xs.length - 1] + step / 2] },
+        y: { range: (u, min, max) => [Math.min(0, min ?? 0), max > 0 ? max * 1.08 : 1] }, // from zero: bars stand on it
+      },
       legend: { live: true },
       cursor: { drag: { x: false, y: false } },
       axes: [{}, { size: 60 }],
@@ -195,6 +203,7 @@
             return shown === null || shown === undefined ? "–" : Number(shown.toFixed(2)).toLocaleString();
           },
         };
+        if (!bars) out.points = { show: false, filter: () => isolated[k] };
         if (bars) {
           out.paths = uPlot.paths.bars({ size: [0.8, 48], align: 0 });
           out.fill = color + (stacked ? "" : "99");
