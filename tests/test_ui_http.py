@@ -11,16 +11,18 @@ import socket
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from urllib.parse import quote
 
 import pytest
 
+from trifle_otel import trace
 from trifle_otel.config import Config
 from trifle_otel.errors import ConfigError
+from trifle_otel.stores import open_data, open_index
 from trifle_otel.ui.app import create_app
-from ui_support import XSS, fetch, hostile_jobs, run_jobs, serving, stuck_export
+from ui_support import fetch, hostile_jobs, run_jobs, serving, stuck_export
 
 BIN = Path(sys.executable).parent / "trifle-otel"
 
@@ -262,3 +264,43 @@ def test_the_ui_command_serves_and_reports_mistakes(demo):
         proc.wait(10)
     bad = subprocess.run([str(BIN), "ui", "--listen", "4320"], capture_output=True, text=True, timeout=30)
     assert bad.returncode == 1 and bad.stderr.strip().startswith("error: listen address '4320' is not HOST:PORT")
+
+
+def _job_with_a_large_result(tracer):
+    with tracer.start_as_current_span("run/catalog.export", attributes={"trifle.key": "catalog/export"}):
+        with trace("Dumping catalogue") as step:
+            step.result = [{"sku": f"S{i:06d}", "stock": i % 13} for i in range(5000)]
+
+
+def test_the_ui_reads_every_backend_through_the_store_drivers(backend):
+    run_jobs(backend, _job_with_a_large_result)
+    config = Config(**{**backend.__dict__, "ui_trace_url": "https://ui.honeycomb.io/acme/environments/prod/trace?trace_id={trace_id}&span={span_id}"})
+    with serving(config) as url:
+        (record,) = get_json(url + "/api/executions")["records"]
+        html = fetch(f"{url}/executions/{record['reference']}")[2].decode()
+        assert "Dumping catalogue ↴" in html
+        link = f"https://ui.honeycomb.io/acme/environments/prod/trace?trace_id={record['trace_id']}&amp;span={record['span_id']}"
+        assert f'href="{link}" rel="noopener noreferrer"' in html
+        name = re.search(r'<a class="media" download href="/executions/\w+/artifacts/([^"]+)"', html).group(1)
+        status, headers, body = fetch(f"{url}/executions/{record['reference']}/artifacts/{name}")
+        assert status == 200 and headers["content-disposition"].startswith("attachment") and json.loads(body.decode().removeprefix("↳ "))[4999]["sku"] == "S004999"
+        values = get_json(url + "/api/stats/catalog/export?granularity=1h&from=1h")
+        assert sum(v.get("count", 0) for v in values["values"]) == 1
+        assert fetch(url + "/stats")[0] == 200 and b"catalog/export" in fetch(url + "/stats")[2]
+
+
+def test_a_record_with_only_the_index_fields_still_shows(tmp_path):
+    """Another writer (Trifle::Traces itself) leaves out what this one adds: ids, counters, links."""
+    config = Config(home=str(tmp_path / "store"))
+    now = datetime.now(timezone.utc)
+    index, data = open_index(config.resolved_index_url()), open_data(config.resolved_data_url())
+    index.upsert([{"reference": "legacy0001", "key": "legacy/job", "segments": ["legacy", "legacy/job"], "tags": [],
+                   "state": "warning", "first_at": now, "last_at": now, "duration": 5, "parts": 1, "retention": 30,
+                   "expires_at": now + timedelta(days=30)}])
+    index.close()
+    data.close()
+    with serving(config) as url:
+        assert b"legacy/job" in fetch(url + "/")[2]
+        status, _, body = fetch(url + "/executions/legacy0001")
+        assert status == 200 and b"data part 1 is missing" in body and b"st-warning" in body
+        assert get_json(url + "/api/executions/legacy0001")["record"]["key"] == "legacy/job"

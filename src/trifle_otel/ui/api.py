@@ -25,7 +25,7 @@ from .catalog import pick_granularity
 from .charts import evaluate
 from .context import UI
 from .filters import BadInput, ListFilter, int_param
-from .pages import MAX_EXPRESSIONS, _artifacts, _granularity, _stats_range
+from .pages import MAX_EXPRESSIONS, artifacts_of, granularity_param, stats_range
 
 
 def json_response(payload: Any, status: int = 200) -> Response:
@@ -63,7 +63,7 @@ def execution(request: Request) -> Response:
     return json_response({
         "record": jsonable(record),
         "lines": list(lines[offset:offset + limit]),
-        "artifacts": _artifacts(record, lines),
+        "artifacts": artifacts_of(record, lines),
         "total_lines": len(lines),
     })
 
@@ -81,7 +81,7 @@ def running(request: Request) -> Response:
 
 def stats_keys(request: Request) -> Response:
     ui = _ui(request)
-    _, _, since, until = _stats_range(ui, request.query_params, "7d")
+    _, _, since, until = stats_range(ui, request.query_params, "7d")
     g = pick_granularity(ui.config.granularities, since, until, max_points=60)
     return json_response({"keys": keys_in_use(ui.sources.stats(), since, until, g)})
 
@@ -92,8 +92,8 @@ def stats_values(request: Request) -> Response:
     if not key or len(key) > 255:
         raise BadInput("a stat key is 1 to 255 characters")
     params = request.query_params
-    _, _, since, until = _stats_range(ui, params, "1d")
-    g = _granularity(ui, params, since, until)
+    _, _, since, until = stats_range(ui, params, "1d")
+    g = granularity_param(ui, params, since, until)
     series = ui.sources.stats().values(key, since, until, g)
     payload: dict[str, Any] = {"at": [iso(a) for a in series["at"]], "values": series["values"]}
     expressions = [e.strip() for e in params.getlist("expr") if e.strip()][:MAX_EXPRESSIONS]

@@ -42,7 +42,7 @@ def templates_env() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(HERE / "templates")),
         autoescape=True,  # every template, whatever its name: span data is text, never markup
-        undefined=jinja2.StrictUndefined,
+        undefined=jinja2.ChainableUndefined,  # a field another writer left out shows as nothing
         trim_blocks=True,
         lstrip_blocks=True,
     )

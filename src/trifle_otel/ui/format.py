@@ -1,6 +1,8 @@
 """Small text formatters for the pages (Jinja filters): times in UTC, ages, durations, numbers.
 
-They return plain strings; the templates escape them like everything else.
+They return plain strings (the templates escape them like everything else), and an empty
+one for a value that is missing or of another type: a record written by another writer
+may lack a field.
 """
 
 from __future__ import annotations
@@ -13,20 +15,20 @@ STATE_ICONS = {"success": "✓", "warning": "▲", "error": "✖", "running": "�
 
 
 def utc(value: datetime | None) -> str:
-    if value is None:
+    if not isinstance(value, datetime):
         return ""
     return value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def iso(value: datetime | None) -> str:
-    if value is None:
+    if not isinstance(value, datetime):
         return ""
     return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
 
 
 def seconds(value: float | None) -> str:
     """``75`` → ``1m 15s``; ``5400`` → ``1h 30m``; whole units, two at most."""
-    if value is None:
+    if not isinstance(value, (int, float)):
         return ""
     total = max(0, int(value))
     days, rest = divmod(total, 86_400)
@@ -42,7 +44,7 @@ def seconds(value: float | None) -> str:
 
 
 def ago(value: datetime | None, now: datetime) -> str:
-    if value is None:
+    if not isinstance(value, datetime):
         return ""
     delta = (now - value).total_seconds()
     if abs(delta) < 1:
@@ -52,7 +54,7 @@ def ago(value: datetime | None, now: datetime) -> str:
 
 def ms(value: float | None) -> str:
     """Milliseconds as the CLI shows them: ``8.5ms``, ``120ms``, ``2.35s``, ``1.5m``."""
-    if value is None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
         return ""
     if value >= 60_000:
         return f"{value / 60_000:.1f}m"
@@ -64,7 +66,7 @@ def ms(value: float | None) -> str:
 
 
 def num(value: Any, digits: int = 2) -> str:
-    if value is None:
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float, str)):
         return "–"
     if isinstance(value, float) and not value.is_integer():
         return f"{value:,.{digits}f}"

@@ -166,7 +166,7 @@ def waterfall(structure: Structure, total_ms: float, now_ns: int, limit: int = 3
     more = 0
     if base is None:
         return steps, 0
-    for i, line in enumerate(lines):
+    for line in lines:
         span_id = line.get("span_id")
         message = str(line.get("message", ""))
         if not span_id or not message.endswith(BEGIN):

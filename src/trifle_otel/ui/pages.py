@@ -107,7 +107,7 @@ def execution(request: Request) -> Response:
         structure = ui.sources.structure(record)
         rows = structure.rows(0, LINES_PAGE)
         steps, more_steps = waterfall(structure, total_ms, int(now.timestamp() * 1e9))
-        artifacts = _artifacts(record, structure.lines)
+        artifacts = artifacts_of(record, structure.lines)
     except StoreMissing as exc:
         data_error = str(exc)
     opened = open_steps(record, structure, now.timestamp()) if structure is not None else []
@@ -135,7 +135,7 @@ def execution_lines(request: Request) -> HTMLResponse:
                      total_lines=len(structure.lines))
 
 
-def _artifacts(record: dict[str, Any], lines) -> list[dict[str, Any]]:
+def artifacts_of(record: dict[str, Any], lines) -> list[dict[str, Any]]:
     out = [{"name": str(l["message"]), "size": l.get("size"), "where": f"line {i + 1}"}
            for i, l in enumerate(lines) if l.get("type") == "media"]
     for name, value in (record.get("meta") or {}).items():
@@ -152,7 +152,7 @@ def artifact(request: Request) -> Response:
     ui = _ui(request)
     record = ui.record(request.path_params["reference"])
     name = request.path_params["name"]
-    known = {a["name"] for a in _artifacts(record, ui.sources.structure(record).lines)}
+    known = {a["name"] for a in artifacts_of(record, ui.sources.structure(record).lines)}
     if name not in known:
         raise NotFoundError(f"execution {record['reference'][:16]} has no artifact {name[:80]!r}")
     body = ui.sources.artifact(record, name)
@@ -198,7 +198,7 @@ def running(request: Request) -> HTMLResponse:
 # -- stats ---------------------------------------------------------------------------------
 
 
-def _stats_range(ui: UI, params, default_from: str) -> tuple[str, str, datetime, datetime]:
+def stats_range(ui: UI, params, default_from: str) -> tuple[str, str, datetime, datetime]:
     now = ui.clock()
     since_text = text_param(params, "from", 40) or default_from
     until_text = text_param(params, "to", 40) or "now"
@@ -209,7 +209,7 @@ def _stats_range(ui: UI, params, default_from: str) -> tuple[str, str, datetime,
     return since_text, until_text, since, until
 
 
-def _granularity(ui: UI, params, since: datetime, until: datetime, default: str | None = None) -> str:
+def granularity_param(ui: UI, params, since: datetime, until: datetime, default: str | None = None) -> str:
     g = text_param(params, "granularity", 10) or default or pick_granularity(ui.config.granularities, since, until, 120)
     if g not in ui.config.granularities:
         raise BadInput(f"'granularity' must be one the stats are kept in: {', '.join(ui.config.granularities)} (got {g!r})")
@@ -220,7 +220,7 @@ def _granularity(ui: UI, params, since: datetime, until: datetime, default: str 
 
 def stats_index(request: Request) -> HTMLResponse:
     ui = _ui(request)
-    since_text, until_text, since, until = _stats_range(ui, request.query_params, "7d")
+    since_text, until_text, since, until = stats_range(ui, request.query_params, "7d")
     stats = ui.sources.stats()
     g = pick_granularity(ui.config.granularities, since, until, max_points=60)
     keys = keys_in_use(stats, since, until, g)
@@ -238,8 +238,8 @@ def stats_key(request: Request) -> HTMLResponse:
     if not key or len(key) > 255:
         raise BadInput("a stat key is 1 to 255 characters")
     params = request.query_params
-    since_text, until_text, since, until = _stats_range(ui, params, "1d")
-    g = _granularity(ui, params, since, until)
+    since_text, until_text, since, until = stats_range(ui, params, "1d")
+    g = granularity_param(ui, params, since, until)
     expressions = [e.strip() for e in params.getlist("expr") if e.strip()][:MAX_EXPRESSIONS]
     series = ui.sources.stats().values(key, since, until, g)
     charts = charts_for(series)
@@ -267,8 +267,8 @@ def dashboard(request: Request) -> HTMLResponse:
         raise NotFoundError(f"no dashboard {request.path_params['id'][:64]!r}: the dashboards are listed on /stats")
     d = found[0]
     params = request.query_params
-    since_text, until_text, since, until = _stats_range(ui, params, d.range)
-    g = _granularity(ui, params, since, until, default=d.granularity if "granularity" not in params else None)
+    since_text, until_text, since, until = stats_range(ui, params, d.range)
+    g = granularity_param(ui, params, since, until, default=d.granularity if "granularity" not in params else None)
     chosen = {v.name: text_param(params, v.name) for v in d.variables}
     keys = [k.name for k in ui.catalog.keys()] if any(v.from_keys for v in d.variables) else []
     variables = resolve_variables(d, keys, chosen)
