@@ -3,7 +3,7 @@ each render their first screen within a second, measured at the server (request 
 last byte received, over loopback), cold and warm.
 
 The index is generated straight into the SQLite driver's own tables (its schema, created
-by the driver) in one transaction, with the indexes built after the rows: ~20 s.
+by the driver) in one transaction, with the indexes built after the rows: 20-30 s here.
 """
 
 from __future__ import annotations
