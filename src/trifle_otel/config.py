@@ -1,6 +1,6 @@
 """Configuration: command-line flags > environment > config file (YAML) > defaults.
 
-The file has sections (``store``, ``traces``, ``processor``, ``stats``, ``receivers``); every setting has
+The file has sections (``store``, ``traces``, ``processor``, ``stats``, ``receivers``, ``ui``); every setting has
 one flat attribute on :class:`Config`.  Unknown or mistyped settings are refused at load,
 naming the setting and what it expects.
 """
@@ -75,6 +75,12 @@ class Config:
     max_request_bytes: int = 16 << 20
     wal_max_bytes: int = 1 << 30
     wal_segment_bytes: int = 64 << 20
+    # ui
+    ui_listen: str = "127.0.0.1:4320"
+    ui_token: str | None = None  # bearer token (also accepted as the basic-auth password)
+    ui_basic_auth: str | None = None  # "user:password"
+    ui_trace_url: str | None = None  # link to the trace in a tracing backend: {trace_id}, {span_id}
+    ui_dashboards: str | None = None  # YAML file of dashboards
 
     source: str = field(default="defaults", repr=False, compare=False)
 
@@ -111,6 +117,10 @@ class Config:
         if self.stats_expire_after is not None and self.stats_expire_after <= 0:
             raise ConfigError(f"setting 'stats.expire_after' must be a positive number of seconds (got {self.stats_expire_after!r})")
         self._validate_receivers()
+        if self.ui_basic_auth is not None and ":" not in self.ui_basic_auth:
+            raise ConfigError("setting 'ui.basic_auth' must be 'user:password' (use ${NAME} to read it from the environment)")
+        if self.ui_trace_url is not None and not self.ui_trace_url.startswith(("https://", "http://")):
+            raise ConfigError(f"setting 'ui.trace_url' must be an http(s) URL with {{trace_id}} in it (got {self.ui_trace_url!r})")
         if self.beginning_of_week.lower() not in _WEEKDAYS:
             raise ConfigError(
                 f"setting 'beginning_of_week' must be a weekday name such as 'monday' (got {self.beginning_of_week!r})"
@@ -185,11 +195,13 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "stats": ("stats_rules", "default_stats", "granularities", "time_zone", "beginning_of_week", "stats_mode",
               "stats_expire_after"),
     "receivers": ("grpc_listen", "http_listen", "auth_token", "max_request_bytes", "wal_max_bytes", "wal_segment_bytes"),
+    "ui": ("ui_listen", "ui_token", "ui_basic_auth", "ui_trace_url", "ui_dashboards"),
 }
 _FILE_NAMES = {  # file name differs from attribute name; a dotted name is a nested mapping in the file
     "stats": {"stats_rules": "rules", "stats_mode": "mode", "stats_expire_after": "expire_after"},
     "receivers": {"grpc_listen": "grpc", "http_listen": "http", "auth_token": "auth.token"},
 }
+_FILE_NAMES["ui"] = {name: name[len("ui_"):] for name in SECTIONS["ui"]}
 
 _TYPES = {f.name: f.type for f in fields(Config)}
 
@@ -254,7 +266,7 @@ def _from_file(path: Path) -> dict[str, Any]:
                 value = _expand(value, f"config file {path}: setting '{section}.{key}'")
             out[name] = _coerce(name, value, f"config file {path}")
     # Relative paths in the file are relative to the file, not to where the command runs.
-    for name in ("home", "stats_rules", "spill_dir"):
+    for name in ("home", "stats_rules", "spill_dir", "ui_dashboards"):
         if out.get(name) and not Path(out[name]).expanduser().is_absolute():
             out[name] = str((path.parent / out[name]).resolve())
     return out
