@@ -254,3 +254,25 @@ def test_a_running_job_shows_its_open_steps(tmp_path):
     assert not any(l.get("open") for l in finished)
     data.close()
     provider.shutdown()
+
+
+def test_an_ignored_execution_leaves_no_running_record_even_one_not_written_yet(tmp_path):
+    # Writes go out once an hour here (after the first): B's running record is still queued
+    # when B turns out to be ignored, and must never reach the store.
+    config = Config(home=str(tmp_path / "home"), flush_interval=3600, live_interval=3600)
+    processor = TrifleSpanProcessor(config)
+    provider, tracer = tracer_for(processor)
+    first = tracer.start_span("jobs/first")
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not all_records(config):
+        time.sleep(0.05)
+    assert [r["state"] for r in all_records(config)] == ["running"]  # the first write went out
+    second = tracer.start_span("jobs/second")
+    time.sleep(0.3)  # its running record is made and queued
+    with tracer.start_as_current_span("check", context=otel_trace.set_span_in_context(second)) as span:
+        span.set_attribute("trifle.ignore", True)
+    second.end()
+    first.end()
+    assert processor.force_flush()
+    provider.shutdown()
+    assert [(r["key"], r["state"]) for r in all_records(config)] == [("jobs/first", "success")]

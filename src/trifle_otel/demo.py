@@ -161,9 +161,14 @@ def nightly_report(tracer, started: threading.Event, stop: threading.Event) -> N
     """A long job: live mode writes its record as ``running`` while it works."""
     with tracer.start_as_current_span("run/reports.nightly_export", kind=SpanKind.CONSUMER,
                                       attributes={"trifle.key": "reports/nightly_export"}):
+        with trace("Loading orders") as step:
+            step.result = {"orders": 18_240}
         with trace("Exporting orders") as step:
-            started.set()
-            stop.wait(3600)
+            with trace("Writing batch 1") as batch:
+                batch.result = {"rows": 10_000}
+            with trace("Writing batch 2"):  # the step it is in when the demo stops
+                started.set()
+                stop.wait(3600)
             step.result = "interrupted"
 
 

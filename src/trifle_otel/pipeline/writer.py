@@ -141,7 +141,9 @@ class DocumentWriter:
         self.retry_at = time.monotonic() + self._backoff
 
     def discard(self, sink: TraceSink | None, doc: Document) -> None:
-        """An execution turned out to be ignored: remove the running record live mode wrote."""
+        """An execution turned out to be ignored: remove the running record live mode wrote
+        (or drop the one still waiting to be written)."""
+        self.queued_live.pop(doc.reference, None)
         if doc.reference not in self.live_written:
             return
         self.live_written.discard(doc.reference)
