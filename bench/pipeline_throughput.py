@@ -109,7 +109,7 @@ def child_app(setup: str, seconds: float, home: str) -> dict:
             made += 1
     elapsed = time.perf_counter() - start
     app_cpu = time.thread_time()
-    helper = next((t for t in threading.enumerate() if t.name in ("trifle-otel-worker", "OtelBatchSpanProcessor")), None)
+    helper = next((t for t in threading.enumerate() if t.name == "trifle-otel-worker" or t.name.startswith("OtelBatch")), None)
     helper_cpu = time.clock_gettime(time.pthread_getcpuclockid(helper.ident)) if helper else 0.0
     t0 = time.perf_counter()
     ok = processor.force_flush(120_000)

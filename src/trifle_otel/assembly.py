@@ -10,9 +10,8 @@ number of pending spans is bounded so an endless stream of orphans cannot grow m
 from __future__ import annotations
 
 import time
-from collections import defaultdict
-from dataclasses import dataclass, field, replace
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
 
 from .model import Execution, Span
 
@@ -22,7 +21,7 @@ END_LOST_AFTER = 60.0  # seconds a running root may look ended before its end co
 class _Trace:
     """What is pending of one trace (a plain slotted class: one is made per trace)."""
 
-    __slots__ = ("children", "started", "ended", "touched", "pending", "ended_unseen", "open")
+    __slots__ = ("children", "started", "ended", "touched", "pending", "ended_unseen")
 
     def __init__(self, touched: float) -> None:
         self.children: dict[str, list[Span]] = {}  # parent span id -> ended children
@@ -31,7 +30,6 @@ class _Trace:
         self.touched = touched
         self.pending = 0
         self.ended_unseen: dict[str, float] = {}  # running root -> when seen ended
-        self.open: dict[str, Any] = {}  # started steps not ended yet (live): id -> source
 
 
 @dataclass
@@ -74,13 +72,10 @@ class Assembler:
         trace = self._trace(root.trace_id)
         trace.started[root.span_id] = (root, source)
 
-    def open(self, trace_id: str, span_id: str, source: Any) -> None:
-        """Record that a step (a child span) has started (live mode): a running record shows
-        it as the step the job is in until it ends.  ``source`` is converted only when a
-        running record is made, so a short job's steps cost a dict entry each."""
+    def is_running(self, trace_id: str) -> bool:
+        """Whether a local root of this trace has started and not ended (live mode)."""
         trace = self._traces.get(trace_id)
-        if trace is not None and trace.started:
-            trace.open[span_id] = source
+        return trace is not None and bool(trace.started)
 
     def add(self, span: Span) -> None:
         """Take one ended span."""
@@ -93,8 +88,6 @@ class Assembler:
             trace.started.pop(span.span_id, None)
             trace.ended[span.span_id] = (span, self.clock() + self.grace)
             return
-        if trace.open:
-            trace.open.pop(span.span_id, None)
         if self._pending >= self.max_pending_spans:
             self.counters.overflow_spans += 1
             return
@@ -120,8 +113,6 @@ class Assembler:
                 if ignore_grace or final or ready_at <= now:
                     del trace.ended[root_id]
                     done.append(Execution(root, self._take_subtree(trace, root_id)))
-            if not trace.started and trace.open:
-                trace.open.clear()
             if not trace.ended and (final or not trace.started):
                 if trace.pending == 0:
                     del self._traces[trace_id]
@@ -135,10 +126,14 @@ class Assembler:
         return done
 
     def running(
-        self, refresh: Callable[[Any], Span] | None = None, only: set[tuple[str, str]] | None = None
+        self,
+        refresh: Callable[[Any], Span] | None = None,
+        only: set[tuple[str, str]] | None = None,
+        steps: dict[str, list[Span]] | None = None,
     ) -> list[Execution]:
         """Snapshots of the executions whose root is still running: the steps ended so far
-        and the open ones (``end_ns`` None).  ``only``: just these (trace id, root id).
+        and ``steps``' open ones (by trace id, ``end_ns`` None).  ``only``: just these
+        (trace id, root id).
 
         ``refresh`` re-reads a root from its source: attributes set after the start (a job's
         name, its customer) show in the running record as soon as they are set.
@@ -167,7 +162,7 @@ class Assembler:
                             self.add(root)
                             self._forced[root_id] = self.clock()
                         continue
-                out.append(Execution(root, self._subtree(trace, root_id, refresh)))
+                out.append(Execution(root, self._subtree(trace, root_id, (steps or {}).get(root.trace_id, ()))))
         return out
 
     # -- internals ---------------------------------------------------------------------
@@ -181,17 +176,11 @@ class Assembler:
             trace.touched = now
         return trace
 
-    def _subtree(self, trace: _Trace, root_id: str, refresh: Callable[[Any], Span] | None = None) -> list[Span]:
+    def _subtree(self, trace: _Trace, root_id: str, open_steps: Iterable[Span] = ()) -> list[Span]:
         """Ended and open descendants of a running root (open ones with ``end_ns`` None)."""
-        open_by_parent: dict[str, list[Span]] = defaultdict(list)
-        for span_id, source in list(trace.open.items()):
-            try:
-                span = source if type(source) is Span or refresh is None else refresh(source)
-            except Exception:
-                continue
-            if span.end_ns is not None:  # it ended; its end is on the way
-                span = replace(span, end_ns=None)
-            open_by_parent[span.parent_span_id].append(span)  # type: ignore[index]
+        open_by_parent: dict[str, list[Span]] = {}
+        for span in open_steps:
+            open_by_parent.setdefault(span.parent_span_id, []).append(span)  # type: ignore[arg-type]
         out: list[Span] = []
         stack = [root_id]
         while stack:

@@ -11,12 +11,11 @@ from typing import Any
 
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
-from opentelemetry.trace import SpanKind
 
 from ..config import Config, load_config
-from ..pipeline import OPEN, START, Pipeline
+from ..pipeline import Pipeline
 from . import PipelineOwner
-from .sdk import from_readable_span, span_ids
+from .sdk import SDKStarts, from_readable_span
 
 
 class TrifleSpanProcessor(PipelineOwner, SpanProcessor):
@@ -33,9 +32,8 @@ class TrifleSpanProcessor(PipelineOwner, SpanProcessor):
         elif settings or config_file:
             raise TypeError("pass either a Config or config_file/settings, not both")
         self.config = config
-        self.pipeline = Pipeline(config, convert=from_readable_span, ids=span_ids)
+        self.pipeline = Pipeline(config, convert=from_readable_span, starts=SDKStarts(config.skip_bare_producers))
         self._live = config.live
-        self._skip_producers = config.skip_bare_producers
 
     # The two hooks below run on the application thread for every span: keep them to an
     # append on a deque (no conversion, no I/O; a lock only to count a drop when full).  A
@@ -47,22 +45,12 @@ class TrifleSpanProcessor(PipelineOwner, SpanProcessor):
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
         if not self._live:
             return
-        try:
-            parent = span.parent
-            if parent is not None and not parent.is_remote:
-                item = (OPEN, span)
-            elif self._skip_producers and span.kind is SpanKind.PRODUCER:
-                return
-            else:
-                item = (START, span)
-            intake = self.pipeline.intake
-            queue = intake.queue
-            if len(queue) < intake.max_items and not intake.closed:
-                queue.append(item)
-            else:
-                intake.count_dropped()
-        except Exception:
-            self.pipeline.counters.processor_errors += 1  # (only on an SDK contract change)
+        intake = self.pipeline.intake
+        started = intake.started
+        if len(started) < intake.max_items and not intake.closed:
+            started.append(span)
+        else:
+            intake.count_start_dropped()
 
     def on_end(self, span: ReadableSpan) -> None:
         intake = self.pipeline.intake

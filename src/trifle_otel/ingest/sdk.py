@@ -98,7 +98,31 @@ def from_readable_span(span: ReadableSpan) -> Span:
     )
 
 
-def span_ids(span: ReadableSpan) -> tuple[str, str]:
-    """(trace id, span id) of an SDK span as hex, without converting the rest of it."""
-    ctx = span.context
-    return format(ctx.trace_id, "032x"), format(ctx.span_id, "016x")
+ROOT = "root"
+STEP = "step"
+
+
+class SDKStarts:
+    """What the worker needs of SDK spans the processor saw start (live mode): whether one
+    is a local root (a job run starting) or a step inside one, and a key that its end
+    carries too (the SDK hands the end a new object with the same ``SpanContext``)."""
+
+    def __init__(self, skip_bare_producers: bool = True) -> None:
+        self.skip_producers = skip_bare_producers
+
+    def kind(self, span: Any) -> str | None:
+        parent = span.parent
+        if parent is not None and not parent.is_remote:
+            return STEP
+        if self.skip_producers and span.kind is SpanKind.PRODUCER:
+            return None  # an enqueue: not a job run of its own
+        return ROOT
+
+    @staticmethod
+    def key(span: Any) -> int:
+        # The context object is shared by the started span and its ended snapshot, and kept
+        # alive by the entry that holds the started span: its id is unique while it matters.
+        try:
+            return id(span._context)
+        except AttributeError:
+            return id(span.context)

@@ -2,7 +2,7 @@
 writing → replay.  :class:`Pipeline` runs them on one background worker."""
 
 from .counters import PipelineCounters
-from .intake import OPEN, START, Intake
+from .intake import START, Intake
 from .worker import Pipeline
 
-__all__ = ["OPEN", "START", "Intake", "Pipeline", "PipelineCounters"]
+__all__ = ["START", "Intake", "Pipeline", "PipelineCounters"]

@@ -1,7 +1,8 @@
 """Intake: the bounded queue between ingest and the worker.
 
 Ingest (the span processor on application threads, the exporter, the OTLP receivers) only
-appends here; when the queue is full, new items are dropped and counted, so the host
+appends here: ended spans to ``queue``, and (the processor in live mode) spans as they start
+to ``started``, so a running job's record can show the steps it is in; when the queue is full, new items are dropped and counted, so the host
 application never waits on the bridge.  The worker is woken once a batch worth moving has
 gathered (``wake_at``), not per span: every wake-up costs it a wait for the interpreter
 lock behind a busy application thread.
@@ -14,14 +15,15 @@ from collections import deque
 from typing import Any, Sequence
 
 START = "start"  # item ``(START, span)``: a local root has started (live mode)
-OPEN = "open"  # item ``(OPEN, span)``: a child span of a live execution has started
 
 
 class Intake:
-    __slots__ = ("queue", "max_items", "wake_at", "wake", "dropped", "closed", "_lock")
+    __slots__ = ("queue", "started", "max_items", "wake_at", "wake", "dropped", "starts_dropped", "closed", "_lock")
 
     def __init__(self, max_items: int, wake_at: int) -> None:
         self.queue: deque = deque()
+        self.started: deque = deque()  # spans as they started (live mode), in start order
+        self.starts_dropped = 0
         self.max_items = max_items
         self.wake_at = max(1, min(wake_at, max_items // 4))
         self.wake = threading.Event()
@@ -32,6 +34,10 @@ class Intake:
     def count_dropped(self, n: int = 1) -> None:
         with self._lock:
             self.dropped += n
+
+    def count_start_dropped(self) -> None:
+        with self._lock:
+            self.starts_dropped += 1
 
     def submit(self, item: Any) -> bool:
         """Append one item without blocking; False (and counted as dropped) when full."""
@@ -55,11 +61,18 @@ class Intake:
             self.wake.set()
         return len(items)
 
-    def take(self) -> list[Any]:
-        """Everything queued now, oldest first (worker only)."""
-        queue = self.queue
-        pop = queue.popleft
-        return [pop() for _ in range(len(queue))]
+    def take(self) -> tuple[list[Any], list[Any]]:
+        """(ended, started): everything queued now, oldest first (worker only).
+
+        Ended spans are taken first: a span's start is appended before its end, so every
+        start whose end is in this batch is in it too, and is handled first."""
+        ended = _pop_all(self.queue)
+        return ended, _pop_all(self.started)
 
     def __len__(self) -> int:
         return len(self.queue)
+
+
+def _pop_all(queue: deque) -> list[Any]:
+    pop = queue.popleft
+    return [pop() for _ in range(len(queue))]

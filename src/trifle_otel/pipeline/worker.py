@@ -33,7 +33,7 @@ from ..stats.sink import ExecutionStats
 from ..stores import check_urls, open_data, open_index
 from ..translate import Document, Translator
 from .counters import PipelineCounters
-from .intake import OPEN, START, Intake
+from .intake import START, Intake
 from .live import LiveRecords
 from .replay import replay_spilled
 from .spill import Spill
@@ -80,7 +80,7 @@ class Pipeline:
         config: Config,
         *,
         convert: Callable[[Any], Span] | None = None,
-        ids: Callable[[Any], tuple[str, str]] | None = None,
+        starts: Any = None,
         sink_factory: Callable[[], TraceSink] | None = None,
         stats: ExecutionStats | None = None,
         wake_at: int = 2048,
@@ -88,7 +88,7 @@ class Pipeline:
         self.config = config
         self._wake_at = wake_at
         self._convert = convert
-        self._ids = ids  # (trace id, span id) of a source span, without converting it
+        self._starts = starts  # reads spans the processor saw start (ingest/sdk.SDKStarts)
         self._sink_factory = sink_factory or self._default_sink
         self._sink: TraceSink | None = None
         if sink_factory is None:
@@ -139,6 +139,7 @@ class Pipeline:
         out = asdict(self.counters)
         out.update({f"assembly_{k}": v for k, v in asdict(self.assembler.counters).items()})
         out.update({f"stats_{k}": v for k, v in self.execution_stats.buffer.stats().items()})
+        out["live_starts_dropped"] = self.intake.starts_dropped
         out["queued"] = len(self.intake)
         out["retry_buffer"] = len(self.writer.retry)
         return out
@@ -150,7 +151,7 @@ class Pipeline:
         self.intake = Intake(c.queue_size, self._wake_at)
         self.counters = PipelineCounters()
         self.assembler = Assembler(grace=c.grace)
-        self.live = LiveRecords(c.live_interval, self._convert) if c.live else None
+        self.live = LiveRecords(c.live_interval, self._convert, getattr(self._starts, "key", None)) if c.live else None
         self._flush_requests: deque[_FlushRequest] = deque()
         self.spill = Spill(
             c.resolved_spill_dir(),
@@ -234,32 +235,48 @@ class Pipeline:
             return False
         return not flush or not self.spill.pending()  # (only a flush asks for the answer)
 
-    def _assemble(self, items: list[Any]) -> None:
-        """Intake items into the assembler: ended spans, and (live mode) starts."""
+    def _assemble(self, taken: tuple[list[Any], list[Any]]) -> None:
+        """Intake items into the assembler: starts first (live mode), then ended spans."""
+        ended, started = taken
         assembler = self.assembler
         add = assembler.add
         convert = self._convert
-        for item in items:
+        live = self.live
+        if started and self._starts is not None and live is not None:
+            self._take_starts(started)
+        opens = live.opens if live is not None else None
+        close = live.closed if live is not None else None
+        for item in ended:
             try:
-                if type(item) is tuple:
-                    kind, source = item
-                    if kind is OPEN:
-                        if type(source) is Span:
-                            assembler.open(source.trace_id, source.span_id, source)
-                        else:
-                            assembler.open(*self._ids(source), source)  # type: ignore[misc]
-                        continue
-                    span = source if type(source) is Span else convert(source)  # type: ignore[misc]
-                    assembler.start(span, source)
-                    if self.live is not None:
-                        self.live.started(span)
-                elif type(item) is Span:
+                if type(item) is Span:
                     add(item)
+                elif type(item) is tuple:  # (START, span): a local root started (neutral ingest)
+                    span = item[1]
+                    assembler.start(span, None)
+                    if live is not None:
+                        live.started(span)
                 else:
+                    if opens:
+                        close(item)
                     add(convert(item))  # type: ignore[misc]
             except Exception:
                 self.counters.processor_errors += 1
                 logger.debug("cannot take a span", exc_info=True)
+
+    def _take_starts(self, started: list[Any]) -> None:
+        starts, live, convert = self._starts, self.live, self._convert
+        for source in started:
+            try:
+                kind = starts.kind(source)
+                if kind == "step":
+                    live.opened(source)  # type: ignore[union-attr]
+                elif kind == "root":
+                    root = convert(source)  # type: ignore[misc]
+                    self.assembler.start(root, source)
+                    live.started(root)  # type: ignore[union-attr]
+            except Exception:
+                self.counters.processor_errors += 1
+                logger.debug("cannot take a span start", exc_info=True)
 
     def _finish(self, executions: list[Execution], now_ns: int) -> list[Document]:
         """Translate finished executions, feed their stats; the documents to store."""
