@@ -276,3 +276,27 @@ def test_an_ignored_execution_leaves_no_running_record_even_one_not_written_yet(
     assert processor.force_flush()
     provider.shutdown()
     assert [(r["key"], r["state"]) for r in all_records(config)] == [("jobs/first", "success")]
+
+
+def test_a_finished_document_is_never_overwritten_by_its_older_running_record(tmp_path):
+    from trifle_otel.model import Execution
+    from trifle_otel.pipeline.counters import PipelineCounters
+    from trifle_otel.pipeline.spill import Spill
+    from trifle_otel.pipeline.writer import DocumentWriter
+    from trifle_otel.sinks import TraceSink
+    from trifle_otel.translate import Translator
+    from conftest import make_span
+
+    config = Config(home=str(tmp_path / "home"))
+    sink = TraceSink(open_index(config.resolved_index_url()), open_data(config.resolved_data_url(), config))
+    writer = DocumentWriter(lambda: sink, Spill(tmp_path / "spill", 1 << 20), 100, PipelineCounters(), interval=3600)
+    translator = Translator(config)
+    running = make_span("jobs/x", 0, None)
+    ended = make_span("jobs/x", 0, 20, trace_id=running.trace_id, span_id=running.span_id)
+    live_doc = translator.translate(Execution(running), now_ns=running.start_ns + 10_000_000)
+    final_doc = translator.translate(Execution(ended), now_ns=ended.end_ns)
+    writer.queue([], [live_doc])  # a cycle's running record ...
+    writer.queue([final_doc], [])  # ... then, a cycle later, the execution's end
+    writer.write([], [], force=True)
+    [record] = all_records(config)
+    assert record["state"] == "success"

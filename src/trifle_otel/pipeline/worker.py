@@ -21,7 +21,6 @@ import time
 import weakref
 from collections import deque
 from dataclasses import asdict
-from datetime import datetime, timezone
 from typing import Any, Callable, Sequence
 
 from .. import lifecycle
@@ -35,13 +34,12 @@ from ..translate import Document, Translator
 from .counters import PipelineCounters
 from .intake import START, Intake
 from .live import LiveRecords
-from .replay import replay_spilled
+from .store import StoreStage
 from .spill import Spill
 from .writer import DocumentWriter
 
 logger = logging.getLogger("trifle_otel")
 
-PURGE_INTERVAL = 600.0  # seconds between removals of expired executions
 POLL_INTERVAL = 0.1  # seconds the worker sleeps when nothing wakes it (new live roots, grace)
 
 _pipelines: "weakref.WeakSet[Pipeline]" = weakref.WeakSet()
@@ -159,9 +157,13 @@ class Pipeline:
             (c.resolved_index_url(), c.resolved_data_url(), c.resolved_stats_url(), c.stats_mode),
         )
         self.writer = DocumentWriter(self._open_sink, self.spill, c.retry_buffer, self.counters, interval=c.flush_interval)
-        self._next_purge = 0.0
+        self.store = StoreStage(
+            self.writer, self.execution_stats, self.spill, self._open_sink, lambda: self._sink, self.counters,
+            replay_batch=c.retry_buffer,
+        )
 
     def _start_worker(self) -> None:
+        self.store.start()
         self._thread = threading.Thread(target=self._run, name="trifle-otel-worker", daemon=True)
         self._thread.start()
 
@@ -205,35 +207,20 @@ class Pipeline:
             for request in flushes:
                 request.done(ok)
             if stopping:
-                self._close()
                 while self._flush_requests:
                     self._flush_requests.popleft().done(False)
                 return
 
     def _cycle(self, *, flush: bool = False, final: bool = False) -> bool:
-        """One round; True when nothing is left waiting for the stores."""
+        """One round; True (for a flush) when everything is in the stores."""
         self._assemble(self.intake.take())
         now_ns = time.time_ns()
-        finished = self._finish(self.assembler.collect(ignore_grace=flush, final=final), now_ns)
-        live = self._live_documents(now_ns) if self.live is not None and not final else []
-        writer = self.writer
-        if finished or live or writer.queued or (writer.retry and (flush or final or not writer.backing_off)):
-            writer.write(finished, live, force=flush or final)
+        finished, ignored = self._finish(self.assembler.collect(ignore_grace=flush, final=final), now_ns)
+        live = self._live_documents(now_ns, ignored) if self.live is not None and not final else []
+        self.store.hand(finished, live, ignored)
         if flush or final:
-            self.execution_stats.flush()
-        else:
-            self.execution_stats.flush_if_due()
-        if final:
-            self._spill_remaining()
-            return False
-        replay_spilled(
-            self.spill, self._open_sink, self.writer, self.execution_stats, self.counters,
-            budget=5.0 if flush else 0.5, batch=self.config.retry_buffer,
-        )
-        self._purge_expired()
-        if self.writer.waiting or self.execution_stats.buffer.pending:
-            return False
-        return not flush or not self.spill.pending()  # (only a flush asks for the answer)
+            return self.store.sync(final=final)
+        return True
 
     def _assemble(self, taken: tuple[list[Any], list[Any]]) -> None:
         """Intake items into the assembler: starts first (live mode), then ended spans."""
@@ -278,9 +265,10 @@ class Pipeline:
                 self.counters.processor_errors += 1
                 logger.debug("cannot take a span start", exc_info=True)
 
-    def _finish(self, executions: list[Execution], now_ns: int) -> list[Document]:
-        """Translate finished executions, feed their stats; the documents to store."""
-        documents = []
+    def _finish(self, executions: list[Execution], now_ns: int) -> tuple[list[Document], list[Document]]:
+        """Translate finished executions, feed their stats: (documents to store, ignored)."""
+        documents: list[Document] = []
+        ignored: list[Document] = []
         for execution in executions:
             doc = self._translate(execution, now_ns)
             if doc is None:
@@ -288,19 +276,19 @@ class Pipeline:
             self._observe_stats(execution, doc)
             if doc.ignored:
                 self.counters.executions_ignored += 1
-                self.writer.discard(self._sink, doc)
+                ignored.append(doc)
                 continue
             documents.append(encode_parts(doc, self._gzip))
-        return documents
+        return documents, ignored
 
-    def _live_documents(self, now_ns: int) -> list[Document]:
+    def _live_documents(self, now_ns: int, ignored: list[Document]) -> list[Document]:
         docs = []
         for execution in self.live.due(self.assembler):  # type: ignore[union-attr]
             doc = self._translate(execution, now_ns)
             if doc is None:
                 continue
             if doc.ignored:
-                self.writer.discard(self._sink, doc)
+                ignored.append(doc)
                 continue
             docs.append(encode_parts(doc, self._gzip))
         return docs
@@ -320,38 +308,3 @@ class Pipeline:
             except Exception:
                 self.counters.processor_errors += 1
                 logger.exception("stats rules failed on execution %s", doc.reference)
-
-    def _purge_expired(self) -> None:
-        """Every ten minutes, remove executions past their retention (embedded store)."""
-        now = time.monotonic()
-        if now < self._next_purge or self._sink is None or self.writer.retry:
-            return
-        self._next_purge = now + PURGE_INTERVAL
-        try:
-            self.counters.executions_expired += self._sink.purge_expired(datetime.now(timezone.utc))
-        except Exception as exc:
-            logger.warning("trifle-otel cannot remove expired executions: %s", exc)
-
-    def _spill_remaining(self) -> None:
-        """At shutdown, what the stores did not take goes to the spill directory."""
-        buffer = self.execution_stats.buffer
-        inc, sets = buffer.take()
-        documents = self.writer.take_all()
-        if not documents and not inc and not sets:
-            return
-        if self.spill.save(documents, inc, sets):
-            self.counters.documents_spilled += len(documents)
-            buffer.counters.spilled += len(inc) + len(sets)
-        else:
-            self.counters.documents_dropped += len(documents)
-            buffer.counters.dropped += len(inc) + len(sets)
-
-    def _close(self) -> None:
-        self.execution_stats.close()
-        sink = self._sink
-        if sink is not None:
-            for store in (sink.index, sink.data):
-                try:
-                    store.close()
-                except Exception:
-                    pass

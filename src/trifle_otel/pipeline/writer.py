@@ -62,14 +62,19 @@ class DocumentWriter:
         """Documents not in the stores yet (queued or waiting for retry)."""
         return len(self.queued) + len(self.retry)
 
-    def write(self, finished: list[Document], live: list[Document], *, force: bool = False) -> None:
-        """Queue this cycle's documents; write what is queued (and what waits for retry)
-        when it is time, or now with ``force``."""
+    def queue(self, finished: list[Document], live: list[Document]) -> None:
+        """Queue a cycle's documents, in cycle order: an execution's finished document
+        replaces the running record queued for it in an earlier cycle."""
         for doc in finished:
             self.queued_live.pop(doc.reference, None)
         self.queued.extend(finished)
         for doc in live:
             self.queued_live[doc.reference] = doc
+
+    def write(self, finished: list[Document], live: list[Document], *, force: bool = False) -> None:
+        """Queue these documents; write what is queued (and what waits for retry) when it is
+        time, or now with ``force``."""
+        self.queue(finished, live)
         now = time.monotonic()
         if not force and now < self.next_write and len(self.queued) < self.batch:
             return
