@@ -41,6 +41,7 @@ from .writer import DocumentWriter
 logger = logging.getLogger("trifle_otel")
 
 POLL_INTERVAL = 0.1  # seconds the worker sleeps when nothing wakes it (new live roots, grace)
+FLUSH_RETRY = 2.0  # seconds a flush tries again while the stores refuse
 
 _pipelines: "weakref.WeakSet[Pipeline]" = weakref.WeakSet()
 # Store connections a forked child inherited: kept referenced, never closed or used there
@@ -115,12 +116,23 @@ class Pipeline:
         True when all of it reached the stores within ``timeout``; False when the stores
         refused (it waits for retry, or in the spill directory) or time ran out.
         """
-        if self.intake.closed or not self._thread.is_alive():
-            return False
-        request = _FlushRequest()
-        self._flush_requests.append(request)  # a deque: no lock (this may run in a signal handler)
-        self.intake.wake.set()
-        return request.wait(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        retry_until = time.monotonic() + FLUSH_RETRY
+        while True:
+            if self.intake.closed or not self._thread.is_alive():
+                return False
+            request = _FlushRequest()
+            self._flush_requests.append(request)  # a deque: no lock (this may run in a signal handler)
+            self.intake.wake.set()
+            left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            if request.wait(left):
+                return True
+            # A store that refused for a moment (a lock held by another process) gets another
+            # try or two; one that stays down answers False without using up the timeout.
+            now = time.monotonic()
+            if now >= retry_until or (deadline is not None and now + 0.1 >= deadline):
+                return False
+            time.sleep(0.1)
 
     def shutdown(self, timeout: float | None = 30.0) -> None:
         if self.intake.closed:
