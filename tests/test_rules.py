@@ -251,3 +251,23 @@ def test_demo_rules_do_not_count_refresh_runs_twice(caplog):
     assert not caplog.records
     refresh = [r for r in rules.rules if "products/refresh" in r.literal_keys]
     assert refresh and all(default_stat_overlap(r) == [] for r in refresh)
+
+
+def test_conditions_on_the_name_are_decided_once_per_name_and_the_others_every_time():
+    rules = parse_rules(
+        """
+rules:
+  - name: supplier calls
+    where:
+      - name matches "^Fetching offers from "
+      - attributes["ok"] == true
+      - name != "Fetching offers from nobody"
+    keys: [suppliers]
+    values: {count: 1}
+"""
+    )
+    calls = []
+    for name, ok in [("Fetching offers from a", True), ("Fetching offers from a", False),
+                     ("Fetching offers from a", True), ("Fetching offers from nobody", True), ("Other", True)]:
+        calls.append(len(rules.evaluate(make_span(name, 0, 5, attributes={"ok": ok}))))
+    assert calls == [1, 0, 1, 0, 0]

@@ -69,6 +69,7 @@ class Rule:
     explain: list[str] = field(default_factory=list)
     spec: Mapping[str, Any] = field(default_factory=dict)  # as written, for `rules check`
     pinned_keys: frozenset[str] = frozenset()  # execution keys the conditions require (execution.key == "k")
+    on_name: tuple[bool, ...] = ()  # per condition: whether it reads the span's name only
 
     @property
     def key_templates(self) -> list[str]:
@@ -434,7 +435,7 @@ def compile_rule(raw: Any, index: int) -> Rule:
     if at not in ("start", "end"):
         raise RuleError(f"rule {name!r}: 'at' is start or end (got {at!r})")
     return Rule(name.strip(), [c.test for c in conditions], key_fns, emit, at == "start", [c.text for c in conditions],
-                dict(raw), _pinned_keys(conditions))
+                dict(raw), _pinned_keys(conditions), tuple(c.path == "name" for c in conditions))
 
 
 # -- explaining a rule, and where it meets the default execution stat ------------------------
@@ -538,25 +539,15 @@ def collisions(rules: Iterable[Rule], execution_keys: Callable[[str], bool] | No
     return out
 
 
-_NAME_IS = re.compile(r"""^\s*name\s*==\s*(?:"([^"\\]*)"|'([^'\\]*)')\s*$""")
 MAX_DISPATCH_NAMES = 10_000
-
-
-def _name_is(rule: Rule) -> str | None:
-    """The span name a rule requires (``name == "..."`` among its conditions), if any."""
-    where = rule.spec.get("where")
-    for text in [where] if isinstance(where, str) else where or ():
-        match = _NAME_IS.match(text) if isinstance(text, str) else None
-        if match:
-            return match.group(1) if match.group(1) is not None else match.group(2)
-    return None
 
 
 class RuleSet:
     """Compiled rules; ``evaluate`` gives the tracks a span (in its execution) makes.
 
-    Most rules name the span they are about (``name == "..."``): a span is checked only
-    against the rules for its name and those that name none, in file order.
+    Conditions on the span's name alone (``name == "..."``, ``name matches "..."``) are
+    decided once per name: a span is checked only against the rules its name admits, and
+    only against their other conditions.
     """
 
     def __init__(self, rules: Iterable[Rule] = (), source: str = "") -> None:
@@ -566,25 +557,30 @@ class RuleSet:
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise RuleError(f"{source or 'rules'}: rule names must be unique ({', '.join(dupes)} repeated)")
-        self._named = [(r, _name_is(r)) for r in self.rules]
-        self._for_name: dict[str, list[Rule]] = {}
+        self._for_name: dict[str, list[tuple[Rule, list[Callable[[Span, Context], bool]]]]] = {}
 
     def __len__(self) -> int:
         return len(self.rules)
 
-    def _candidates(self, name: str) -> list[Rule]:
-        rules = self._for_name.get(name)
-        if rules is None:
+    def _candidates(self, name: str) -> list[tuple[Rule, list[Callable[[Span, Context], bool]]]]:
+        found = self._for_name.get(name)
+        if found is None:
             if len(self._for_name) >= MAX_DISPATCH_NAMES:
                 self._for_name.clear()
-            rules = self._for_name[name] = [r for r, wanted in self._named if wanted is None or wanted == name]
-        return rules
+            probe = Span("", "", name, 0)
+            found = []
+            for rule in self.rules:
+                on_name = rule.on_name or (False,) * len(rule.conditions)
+                if all(test(probe, {}) for test, named in zip(rule.conditions, on_name) if named):
+                    found.append((rule, [test for test, named in zip(rule.conditions, on_name) if not named]))
+            self._for_name[name] = found
+        return found
 
     def evaluate(self, span: Span, ctx: Context | None = None) -> list[Track]:
         ctx = ctx or {}
         tracks: list[Track] = []
-        for rule in self._candidates(span.name):
-            for condition in rule.conditions:
+        for rule, conditions in self._candidates(span.name):
+            for condition in conditions:
                 if not condition(span, ctx):
                     break
             else:
