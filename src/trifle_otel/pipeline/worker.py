@@ -32,7 +32,7 @@ from ..stats.sink import ExecutionStats
 from ..stores import check_urls, open_data, open_index
 from ..translate import Document, Translator
 from .counters import PipelineCounters
-from .intake import START, Intake
+from .intake import Intake
 from .live import LiveRecords
 from .store import StoreStage
 from .spill import Spill

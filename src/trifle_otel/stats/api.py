@@ -10,7 +10,6 @@ from ..config import Config
 from .buffer import StatsBuffer, epoch_seconds
 from .drivers import StatsDriver, open_stats_driver
 from .granularity import Floor, parse_granularity
-from .values import flatten
 
 
 class Stats:
@@ -66,7 +65,7 @@ class Stats:
         return self.buffer.driver
 
     def track(self, key: str, at: datetime | float, values: Mapping[str, Any]) -> None:
-        self.buffer.track_flat(key, epoch_seconds(at), flatten(values))
+        self.buffer.track_values(key, epoch_seconds(at), values)
         if not self.buffered:
             self.buffer.flush()
 

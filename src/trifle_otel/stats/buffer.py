@@ -23,7 +23,7 @@ from ..errors import PartialWriteError
 from .drivers import Op, StatsDriver
 from .granularity import Floor, Granularity
 from .identifier import SYSTEM_KEY
-from .values import flatten, flatten_any, sanitize_name
+from .values import add_nested, flatten_any, sanitize_name
 
 logger = logging.getLogger("trifle_otel")
 
@@ -128,7 +128,32 @@ class StatsBuffer:
 
     def track(self, key: str, at: datetime | float, values: Mapping[str, Any]) -> None:
         """Add nested numeric ``values`` to ``key`` in the bucket of ``at`` at every granularity."""
-        self.track_flat(key, epoch_seconds(at), flatten(values))
+        self.track_values(key, epoch_seconds(at), values)
+
+    def track_values(self, key: str, ts: float, values: Mapping[str, Any]) -> None:
+        """``track`` with nested ``values``, added straight into the (key, second) sums: no
+        flat copy is made first (this is the API's hot path)."""
+        ident = (key, _second(ts))
+        with self._lock:
+            raw = self._raw
+            target = raw.get(ident)
+            new = target is None
+            if new:
+                if len(raw) >= self.max_buckets:
+                    self.counters.dropped += 1
+                    return
+                target = {}
+            if not add_nested(target, values):
+                return
+            if new:
+                raw[ident] = target
+            self.counters.tracks += 1
+            if self.system_tracking:
+                calls = self._calls
+                calls[ident] = calls.get(ident, 0) + 1
+            full = len(raw) >= self.flush_size
+        if full and self._thread is not None:
+            self._wake.set()
 
     def track_flat(self, key: str, ts: float, flat: Mapping[str, Any], count: int = 1) -> None:
         """Add flat dotted ``values``.  They are summed per (key, second) here, and spread over

@@ -65,6 +65,26 @@ def flatten(values: Mapping[str, Any], prefix: str = "", out: dict[str, Number] 
     return out
 
 
+def add_nested(target: dict[str, Number], values: Mapping[str, Any], prefix: str = "") -> int:
+    """Add the numbers of nested ``values`` into flat ``target`` sums (what :func:`flatten`
+    then a sum would do, without the intermediate dict); returns how many were added."""
+    cache = _sanitized
+    isfinite = math.isfinite
+    get = target.get
+    added = 0
+    for name, value in values.items():
+        clean = cache.get(name) if type(name) is str else None
+        path = prefix + (clean if clean is not None else sanitize_name(name))
+        kind = type(value)
+        if kind is int or (kind is float and isfinite(value)) or (kind is not float and kind is not dict
+                                                                     and is_number(value)):
+            target[path] = get(path, 0) + value
+            added += 1
+        elif kind is dict or isinstance(value, Mapping):
+            added += add_nested(target, value, path + ".")
+    return added
+
+
 def flatten_any(values: Mapping[str, Any], prefix: str = "", out: dict[str, Any] | None = None) -> dict[str, Any]:
     """Like :func:`flatten` but keeps every leaf value (for ``set``)."""
     if out is None:
