@@ -20,7 +20,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from trifle_otel import TrifleSpanProcessor
 from trifle_otel.cli import main
 from trifle_otel.config import Config
-from trifle_otel.sinks import load_artifact, load_lines
+from trifle_otel.sinks import load_lines
 from trifle_otel.stats.api import Stats
 from trifle_otel.stores import open_data, open_index
 from trifle_otel.stores.base import TraceQuery
