@@ -271,3 +271,28 @@ rules:
                      ("Fetching offers from a", True), ("Fetching offers from nobody", True), ("Other", True)]:
         calls.append(len(rules.evaluate(make_span(name, 0, 5, attributes={"ok": ok}))))
     assert calls == [1, 0, 1, 0, 0]
+
+
+def test_values_below_a_map_take_the_mapped_name_as_their_level():
+    rules = parse_rules(
+        """
+rules:
+  - name: per code
+    where: [name == "calc"]
+    keys: [k]
+    values:
+      by_code:
+        map: attributes["code"]
+        value:
+          price: attributes["price"]
+          n: 1
+          took: {triple: duration}
+      sum_by_code: {map: 'attributes["code"]', value: 'attributes["price"]'}
+"""
+    )
+    [track] = rules.evaluate(make_span("calc", 0, 4, attributes={"code": "OK", "price": 2.5}))
+    assert track.values == {
+        "by_code.OK.price": 2.5, "by_code.OK.n": 1,
+        "by_code.OK.took.count": 1, "by_code.OK.took.sum": 4.0, "by_code.OK.took.square": 16.0,
+        "sum_by_code.OK": 2.5,
+    }

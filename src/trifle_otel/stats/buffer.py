@@ -182,9 +182,10 @@ class StatsBuffer:
         if full and self._thread is not None:
             self._wake.set()
 
-    def track_many(self, tracks: Iterable[tuple[str, float, Mapping[str, Any]]], count: int = 1) -> None:
-        """``track_flat`` for several tracks under one lock (an execution's tracks at once)."""
-        items = [(key, _second(ts), flat) for key, ts, flat in tracks if flat]
+    def track_many(self, tracks: Iterable[tuple], count: int = 1) -> None:
+        """``track_flat`` for several ``(key, ts, flat values, ...)`` tracks under one lock (an
+        execution's tracks at once)."""
+        items = [(t[0], _second(t[1]), t[2]) for t in tracks if t[2]]
         if not items:
             return
         system = self.system_tracking

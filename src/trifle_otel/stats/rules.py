@@ -318,45 +318,52 @@ def _bounds(rule: str, spec: Mapping[str, Any]) -> list[float]:
     return [start * factor**i for i in range(count + 1)]
 
 
-def _distribution(rule: str, spec: Mapping[str, Any]) -> Emitter:
+def _distribution(rule: str, spec: Mapping[str, Any], prefix: str = "") -> Emitter:
     extra = set(spec) - {"distribution", "linear", "geometric", "bounds"}
     if extra:
         raise RuleError(f"rule {rule!r}: unknown distribution setting(s) {', '.join(sorted(extra))}")
     get = _path(rule, spec["distribution"])
     bounds = _bounds(rule, spec)
     labels = [_label(b) for b in bounds]
-    below, above = "lt_" + labels[0], "ge_" + labels[-1]
+    paths = [prefix + "lt_" + labels[0], *(prefix + label for label in labels[:-1]), prefix + "ge_" + labels[-1]]
 
-    def emit(span: Span, ctx: Context, prefix: str, out: dict[str, Any]) -> None:
+    def emit(span: Span, ctx: Context, dynamic: str, out: dict[str, Any]) -> None:
         value = get(span, ctx)
         if not is_number(value):
             return
-        i = bisect.bisect_right(bounds, value)
-        label = below if i == 0 else (above if i == len(bounds) else labels[i - 1])
-        path = prefix + label
+        path = paths[bisect.bisect_right(bounds, value)]
+        if dynamic:
+            path = dynamic + path
         out[path] = out.get(path, 0) + 1
 
     return emit
 
 
-def _values(rule: str, spec: Any, where: str) -> Emitter:
+def _values(rule: str, spec: Any, where: str, prefix: str = "") -> Emitter:
+    """Compile a ``values`` spec into an emitter adding to ``out`` (flat dotted paths).
+
+    Paths are known when the rule compiles, except below a ``map`` (the mapped value names
+    a level): those emitters take the level's prefix at span time, the others ignore it
+    and use the paths worked out here."""
     if isinstance(spec, bool) or spec is None:
         raise RuleError(f"rule {rule!r}: value {where or 'values'} must be a number, a path or a mapping (got {spec!r})")
     if is_number(spec):
         constant = spec
+        fixed = prefix[:-1]
 
-        def emit_constant(span: Span, ctx: Context, prefix: str, out: dict[str, Any]) -> None:
-            path = prefix[:-1]
+        def emit_constant(span: Span, ctx: Context, dynamic: str, out: dict[str, Any]) -> None:
+            path = (dynamic + prefix)[:-1] if dynamic else fixed
             out[path] = out.get(path, 0) + constant
 
         return emit_constant
     if isinstance(spec, str):
         get = _path(rule, spec)
+        fixed = prefix[:-1]
 
-        def emit_path(span: Span, ctx: Context, prefix: str, out: dict[str, Any]) -> None:
+        def emit_path(span: Span, ctx: Context, dynamic: str, out: dict[str, Any]) -> None:
             value = get(span, ctx)
             if is_number(value):
-                path = prefix[:-1]
+                path = (dynamic + prefix)[:-1] if dynamic else fixed
                 out[path] = out.get(path, 0) + value
 
         return emit_path
@@ -368,13 +375,15 @@ def _values(rule: str, spec: Any, where: str) -> Emitter:
         if set(spec) != {"triple"}:
             raise RuleError(f"rule {rule!r}: value {where}: 'triple' takes only a path")
         get = _path(rule, spec["triple"])
+        names = (prefix + "count", prefix + "sum", prefix + "square")
 
-        def emit_triple(span: Span, ctx: Context, prefix: str, out: dict[str, Any]) -> None:
+        def emit_triple(span: Span, ctx: Context, dynamic: str, out: dict[str, Any]) -> None:
             value = get(span, ctx)
             if is_number(value):
-                for name, v in (("count", 1), ("sum", value), ("square", value * value)):
-                    path = prefix + name
-                    out[path] = out.get(path, 0) + v
+                count, total, square = (dynamic + n for n in names) if dynamic else names
+                out[count] = out.get(count, 0) + 1
+                out[total] = out.get(total, 0) + value
+                out[square] = out.get(square, 0) + value * value
 
         return emit_triple
     if isinstance(spec.get("map"), str):
@@ -382,27 +391,40 @@ def _values(rule: str, spec: Any, where: str) -> Emitter:
         if extra:
             raise RuleError(f"rule {rule!r}: value {where}: 'map' takes only 'value' beside it (got {', '.join(sorted(extra))})")
         get = _path(rule, spec["map"])
-        inner = _values(rule, spec.get("value", 1), where + ".<value>")
+        inner_spec = spec.get("value", 1)
+        inner = _values(rule, inner_spec, where + ".<value>")
+        if is_number(inner_spec) and not isinstance(inner_spec, bool):  # the usual form: {<value>: 1}
+            constant = inner_spec
 
-        def emit_map(span: Span, ctx: Context, prefix: str, out: dict[str, Any]) -> None:
+            def emit_map_count(span: Span, ctx: Context, dynamic: str, out: dict[str, Any]) -> None:
+                value = get(span, ctx)
+                if value is None or value == "":
+                    return
+                path = dynamic + prefix + sanitize_name(value)
+                out[path] = out.get(path, 0) + constant
+
+            return emit_map_count
+
+        def emit_map(span: Span, ctx: Context, dynamic: str, out: dict[str, Any]) -> None:
             value = get(span, ctx)
             if value is None or value == "":
                 return
-            inner(span, ctx, prefix + sanitize_name(value) + ".", out)
+            inner(span, ctx, dynamic + prefix + sanitize_name(value) + ".", out)
 
         return emit_map
     if isinstance(spec.get("distribution"), str):
-        return _distribution(rule, spec)
+        return _distribution(rule, spec, prefix)
     children = []
     for name, child in spec.items():
         clean = sanitize_name(name)
         if clean != str(name):
             raise RuleError(f"rule {rule!r}: value name {name!r} cannot contain '.', '\"' or start with '$' (use {clean!r})")
-        children.append((clean + ".", _values(rule, child, f"{where}.{clean}" if where else clean)))
+        children.append(_values(rule, child, f"{where}.{clean}" if where else clean, prefix + clean + "."))
+    emitters = tuple(children)
 
-    def emit_group(span: Span, ctx: Context, prefix: str, out: dict[str, Any]) -> None:
-        for name, emit in children:
-            emit(span, ctx, prefix + name, out)
+    def emit_group(span: Span, ctx: Context, dynamic: str, out: dict[str, Any]) -> None:
+        for emit in emitters:
+            emit(span, ctx, dynamic, out)
 
     return emit_group
 
@@ -577,8 +599,12 @@ class RuleSet:
         return found
 
     def evaluate(self, span: Span, ctx: Context | None = None) -> list[Track]:
-        ctx = ctx or {}
-        tracks: list[Track] = []
+        out: list[tuple[str, float, dict[str, Any], str]] = []
+        self.collect(span, ctx or {}, out)
+        return [Track(rule, key, at, values) for key, at, values, rule in out]
+
+    def collect(self, span: Span, ctx: Context, tracks: list) -> None:
+        """Append the span's tracks to ``tracks`` as ``(key, at, values, rule)`` (the hot path)."""
         for rule, conditions in self._candidates(span.name):
             for condition in conditions:
                 if not condition(span, ctx):
@@ -593,8 +619,7 @@ class RuleSet:
                 for key_fn in rule.keys:
                     key = key_fn(span, ctx)
                     if key:
-                        tracks.append(Track(rule.name, key, at, values))
-        return tracks
+                        tracks.append((key, at, values, rule.name))
 
 
 def load_rules(path: str | Path, *, default_stats: bool = True) -> RuleSet:

@@ -59,16 +59,16 @@ class ExecutionStats:
         stat, as in Trifle::Traces, counts stored executions only."""
         record = doc.record
         ctx = {"state": "ignored" if doc.ignored else record["state"], "key": record["key"]}
-        tracks: list[tuple[str, float, dict[str, Any]]] = []
+        tracks: list = []
         if self.rules:
-            evaluate = self.rules.evaluate
-            for span in (execution.root, *execution.spans):
-                for t in evaluate(span, ctx):
-                    tracks.append((t.key, t.at, t.values))
+            collect = self.rules.collect
+            collect(execution.root, ctx, tracks)
+            for span in execution.spans:
+                collect(span, ctx, tracks)
         if self.default_stats and not doc.ignored:
             end_ns = execution.root.end_ns or execution.root.start_ns
             tracks.append(
-                (record["key"], end_ns / 1e9, default_values(record["state"], float(record["duration"]), record["length"]))
+                (record["key"], end_ns / 1e9, default_values(record["state"], float(record["duration"]), record["length"]), "")
             )
         self.buffer.track_many(tracks)
 
