@@ -112,7 +112,8 @@ class Translator:
     def translate(self, execution: Execution, now_ns: int) -> Document:
         root = execution.root
         spans = execution.spans
-        ignored = _is_ignored(root, spans) or (
+        marked_ignored, marked_state, tag_set = _marks(root, spans, self._tag_attributes)
+        ignored = marked_ignored or (
             # An enqueue with nothing around it (a script or a scheduler sending a job) is not a
             # job run: the run is the consumer's execution, which links back to it.
             self.config.skip_bare_producers and root.kind == "producer" and not spans
@@ -124,7 +125,10 @@ class Translator:
         builder.outcome(root, level=0)
         artifacts = self._offload(lines)
 
-        state = _state_of(root, spans, running=execution.running)
+        # Trifle semantics: the last explicit fail/warn/success wins; a failed root is an
+        # error.  A failed child span marks its own lines, not the execution (the job may
+        # have handled it).
+        state = "running" if execution.running else "error" if root.status == "error" else marked_state or "success"
         end_ns = root.end_ns if root.end_ns is not None else max(now_ns, root.start_ns)
         first_at = to_datetime(root.start_ns)
         key = self.key_of(root)
@@ -136,7 +140,7 @@ class Translator:
             "reference": reference,
             "key": key,
             "segments": segments_of(key),
-            "tags": self._tags(root, spans),
+            "tags": sorted(t[:MAX_TAG_LENGTH] for t in tag_set if t)[:MAX_TAGS],
             "state": state,
             "meta": meta,
             "context": _context(root),
@@ -208,22 +212,6 @@ class Translator:
             meta["trifle.dropped_meta"] = dropped
         return meta, artifacts
 
-    def _tags(self, root: Span, spans: list[Span]) -> list[str]:
-        tags: set[str] = set()
-        for span in (root, *spans):
-            attrs = span.attributes
-            for attr in self._tag_attributes:
-                value = attrs.get(attr)
-                if value is not None and value != "":
-                    tags.add(f"{attr}:{value}")
-            explicit = attrs.get(cv.TAGS)
-            if explicit:
-                tags.update(_strings(explicit))
-            for event in span.events:
-                if event.name == cv.EVENT_TAG:
-                    tags.update(_strings(event.attributes.get("tags")))
-        return sorted(t[:MAX_TAG_LENGTH] for t in tags if t)[:MAX_TAGS]
-
 
 def _strings(value: Any) -> Iterable[str]:
     if value is None:
@@ -233,36 +221,44 @@ def _strings(value: Any) -> Iterable[str]:
     return (str(v) for v in value)
 
 
-def _is_ignored(root: Span, spans: list[Span]) -> bool:
+def _marks(root: Span, spans: list[Span], tag_attributes: tuple[str, ...]) -> tuple[bool, str | None, set[str]]:
+    """What the spans' attributes and events say of their execution, in one pass: whether it
+    is ignored, the latest explicit state (``success``/``warning``/``error``), its tags."""
+    ignored = False
+    latest: str | None = None
+    latest_at = -1
+    tags: set[str] = set()
     for span in (root, *spans):
-        if span.attributes.get(cv.IGNORE):
-            return True
-        if any(e.name == cv.EVENT_IGNORE for e in span.events):
-            return True
-    return False
-
-
-def _state_of(root: Span, spans: list[Span], *, running: bool) -> str:
-    """Trifle semantics: the last explicit fail/warn/success wins; a failed root is an error.
-
-    A failed child span marks its own lines, not the execution (the job may have handled it).
-    """
-    if running:
-        return "running"
-    if root.status == "error":
-        return "error"
-    latest: tuple[int, str] | None = None
-    for span in (root, *spans):
-        state = span.attributes.get(cv.STATE)
-        if state in ("success", "warning", "error"):
-            at = span.end_ns or span.start_ns
-            if latest is None or at >= latest[0]:
-                latest = (at, state)
+        attrs = span.attributes
+        if attrs:
+            if attrs.get(cv.IGNORE):
+                ignored = True
+            state = attrs.get(cv.STATE)
+            if state in _EXPLICIT_STATES:
+                at = span.end_ns or span.start_ns
+                if at >= latest_at:
+                    latest, latest_at = state, at
+            for attr in tag_attributes:
+                value = attrs.get(attr)
+                if value is not None and value != "":
+                    tags.add(f"{attr}:{value}")
+            explicit = attrs.get(cv.TAGS)
+            if explicit:
+                tags.update(_strings(explicit))
         for event in span.events:
-            state = cv.STATE_EVENTS.get(event.name)
-            if state is not None and (latest is None or event.time_ns >= latest[0]):
-                latest = (event.time_ns, state)
-    return latest[1] if latest else "success"
+            name = event.name
+            if name == cv.EVENT_IGNORE:
+                ignored = True
+            elif name == cv.EVENT_TAG:
+                tags.update(_strings(event.attributes.get("tags")))
+            else:
+                state = cv.STATE_EVENTS.get(name)
+                if state is not None and event.time_ns >= latest_at:
+                    latest, latest_at = state, event.time_ns
+    return ignored, latest, tags
+
+
+_EXPLICIT_STATES = frozenset(("success", "warning", "error"))
 
 
 def _context(root: Span) -> dict[str, Any]:
