@@ -372,3 +372,30 @@ def test_the_worker_purges_expired_executions(config):
         processor.force_flush()
     assert processor.stats()["executions_expired"] == 1 and records(config) == []
     provider.shutdown()
+
+
+def test_a_trace_id_below_2_64_keeps_its_32_hex_characters(config):
+    from opentelemetry.sdk.trace import SpanProcessor
+    from opentelemetry.sdk.trace import TracerProvider as Provider
+
+    from trifle_otel.ingest.sdk import from_readable_span
+
+    provider = Provider(shutdown_on_exit=False)
+    spans = []
+
+    class Keep(SpanProcessor):
+        def on_end(self, span):
+            spans.append(span)
+
+    provider.add_span_processor(Keep())
+    tracer = provider.get_tracer("t")
+    # A span id equal to the next span's trace id, both below 2**64 (64-bit tracers).
+    ctx = SpanContext(0x5, 0xABC, is_remote=True, trace_flags=TraceFlags(TraceFlags.SAMPLED))
+    with tracer.start_as_current_span("a", context=otel_trace.set_span_in_context(NonRecordingSpan(ctx))):
+        pass
+    ctx2 = SpanContext(0xABC, 0x5, is_remote=True, trace_flags=TraceFlags(TraceFlags.SAMPLED))
+    with tracer.start_as_current_span("b", context=otel_trace.set_span_in_context(NonRecordingSpan(ctx2))):
+        pass
+    a, b = (from_readable_span(s) for s in spans)
+    assert (a.trace_id, a.parent_span_id) == ("0" * 31 + "5", "0" * 13 + "abc")
+    assert (b.trace_id, b.parent_span_id) == ("0" * 29 + "abc", "0" * 15 + "5")
