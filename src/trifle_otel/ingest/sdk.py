@@ -36,22 +36,6 @@ def _resource(span: ReadableSpan) -> Mapping[str, Any]:
     return attrs
 
 
-# Ids as hex, remembered: the spans of an execution share a trace id, and a parent's span id
-# is formatted for each of its children and again for itself.
-# (A trace id may be below 2**64, as a span id is: one cache each.)
-_hex_ids: dict[str, dict[int, str]] = {"032x": {}, "016x": {}}
-
-
-def _hex(value: int, width: str) -> str:
-    cache = _hex_ids[width]
-    text = cache.get(value)
-    if text is None:
-        if len(cache) >= 8192:
-            cache.clear()
-        text = cache[value] = format(value, width)
-    return text
-
-
 def _attrs(mapping: Any, frozen: bool = True) -> Mapping[str, Any]:
     """A read-only view of span attributes.
 
@@ -92,12 +76,12 @@ def from_readable_span(span: ReadableSpan) -> Span:
         kind, scope, start = span.kind, span.instrumentation_scope, span.start_time
     frozen = end is not None
     return Span(
-        _hex(ctx.trace_id, "032x"),
-        _hex(ctx.span_id, "016x"),
+        format(ctx.trace_id, "032x"),
+        format(ctx.span_id, "016x"),
         span.name,
         start or 0,
         end,
-        _hex(parent.span_id, "016x") if parent is not None else None,
+        format(parent.span_id, "016x") if parent is not None else None,
         parent is not None and parent.is_remote,
         _KIND.get(kind, "internal"),
         _STATUS.get(status.status_code, "unset") if status is not None else "unset",
