@@ -16,18 +16,19 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 import time
 import weakref
 from collections import deque
 from dataclasses import asdict
 from datetime import datetime, timezone
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 from .. import lifecycle
 from ..assembly import Assembler
 from ..config import Config
-from ..model import Execution, Span
+from ..model import Execution, Span, reference_for
 from ..sinks import TraceSink, encode_parts
 from ..stats.sink import ExecutionStats
 from ..stores import check_urls, open_data, open_index
@@ -35,7 +36,9 @@ from ..translate import Document, Translator
 from .counters import PipelineCounters
 from .intake import OPEN, START, Intake
 from .live import LiveRecords
+from .open_assembly import LateExecution, OpenAssembler
 from .replay import replay_spilled
+from .running import RunningRecords
 from .spill import Spill
 from .writer import DocumentWriter
 
@@ -74,6 +77,22 @@ class _FlushRequest:
         return self._event.wait(timeout) and self.ok
 
 
+class Durability(Protocol):
+    """What makes the pipeline's input durable (the sidecar's write-ahead log), as the
+    worker sees it.  With one, the worker writes stats only in checkpoints: ``cut`` takes
+    everything received up to a point in the log, the worker writes every execution
+    finished by then, and ``commit`` carries the spans still open forward and writes the
+    stats together with the checkpoint's mark, after which the log before the cut goes."""
+
+    def due(self) -> bool: ...
+
+    def cut(self, intake: Intake) -> list[Any]: ...
+
+    def commit(self, carried: list[Span], stats: ExecutionStats) -> bool: ...
+
+    def abandon(self, reason: str) -> None: ...
+
+
 class Pipeline:
     def __init__(
         self,
@@ -84,9 +103,17 @@ class Pipeline:
         sink_factory: Callable[[], TraceSink] | None = None,
         stats: ExecutionStats | None = None,
         wake_at: int = 2048,
+        open_ended: bool = False,
+        durability: Durability | None = None,
     ) -> None:
+        """``open_ended``: spans come with no end signal (OTLP): assembled by
+        :class:`OpenAssembler`, running records from what has arrived.  ``durability``: the
+        input is durable elsewhere (the write-ahead log): stats are written in its
+        checkpoints only, and nothing is spilled (the log holds it)."""
         self.config = config
         self._wake_at = wake_at
+        self._open_ended = open_ended
+        self._durability = durability
         self._convert = convert
         self._ids = ids  # (trace id, span id) of a source span, without converting it
         self._sink_factory = sink_factory or self._default_sink
@@ -149,15 +176,27 @@ class Pipeline:
         c = self.config
         self.intake = Intake(c.queue_size, self._wake_at)
         self.counters = PipelineCounters()
-        self.assembler = Assembler(grace=c.grace)
-        self.live = LiveRecords(c.live_interval, self._convert) if c.live else None
+        self.assembler: Any
+        self.live: Any
+        if self._open_ended:
+            self.assembler = OpenAssembler(
+                grace=c.sidecar_grace, trace_timeout=c.trace_timeout, max_pending_spans=c.max_pending_spans,
+                refresh=c.live_interval, release_after=c.stuck_after,
+            )
+            self.live = RunningRecords(self._open_sink) if c.live else None
+        else:
+            self.assembler = Assembler(grace=c.grace)
+            self.live = LiveRecords(c.live_interval, self._convert) if c.live else None
         self._flush_requests: deque[_FlushRequest] = deque()
         self.spill = Spill(
             c.resolved_spill_dir(),
             c.spill_max_bytes,
             (c.resolved_index_url(), c.resolved_data_url(), c.resolved_stats_url(), c.stats_mode),
         )
-        self.writer = DocumentWriter(self._open_sink, self.spill, c.retry_buffer, self.counters, interval=c.flush_interval)
+        # With a durable input nothing is spilled: documents wait in memory (the sidecar stops
+        # taking requests past ``retry_buffer`` of them) and the log keeps their spans.
+        retry_limit = sys.maxsize if self._durability is not None else c.retry_buffer
+        self.writer = DocumentWriter(self._open_sink, self.spill, retry_limit, self.counters, interval=c.flush_interval)
         self._next_purge = 0.0
 
     def _start_worker(self) -> None:
@@ -211,6 +250,8 @@ class Pipeline:
 
     def _cycle(self, *, flush: bool = False, final: bool = False) -> bool:
         """One round; True when nothing is left waiting for the stores."""
+        if self._durability is not None:
+            return self._durable_cycle(flush=flush, final=final)
         self._assemble(self.intake.take())
         now_ns = time.time_ns()
         finished = self._finish(self.assembler.collect(ignore_grace=flush, final=final), now_ns)
@@ -233,6 +274,37 @@ class Pipeline:
         if self.writer.waiting or self.execution_stats.buffer.pending:
             return False
         return not flush or not self.spill.pending()  # (only a flush asks for the answer)
+
+    def _durable_cycle(self, *, flush: bool, final: bool) -> bool:
+        """One round with a durable input (the sidecar).  Stats are written only by a
+        checkpoint, with its mark, so that replaying the log after a crash counts each
+        execution once; a checkpoint needs every finished execution in the stores first."""
+        durability = self._durability
+        assert durability is not None
+        checkpoint = flush or final or durability.due()
+        self._assemble(durability.cut(self.intake) if checkpoint else self.intake.take())
+        now_ns = time.time_ns()
+        finished = self._finish(self.assembler.collect(ignore_grace=flush or final, final=final), now_ns)
+        live = self._running_documents(now_ns) if self.live is not None else []
+        writer = self.writer
+        if finished or live or writer.queued or writer.queued_live or (writer.retry and (checkpoint or not writer.backing_off)):
+            writer.write(finished, live, force=checkpoint)
+        if not final:
+            self._purge_expired()
+        if not checkpoint:
+            return False
+        if writer.waiting:
+            durability.abandon(f"stores unavailable: {writer.last_error or 'executions wait for retry'}")
+            return False
+        return durability.commit(self.assembler.carry(), self.execution_stats)
+
+    def _running_documents(self, now_ns: int) -> list[Document]:
+        """Open-ended assembly: the running snapshots it made (checked against the index
+        once each), and the running records that stood for no execution removed."""
+        docs = self._live_documents(now_ns)
+        for trace_id, root_id in self.assembler.retracted():
+            self.writer.retract(self._sink, reference_for(trace_id, root_id))
+        return docs
 
     def _assemble(self, items: list[Any]) -> None:
         """Intake items into the assembler: ended spans, and (live mode) starts."""
@@ -299,7 +371,10 @@ class Pipeline:
     def _observe_stats(self, execution: Execution, doc: Document) -> None:
         if self.execution_stats.enabled:
             try:
-                self.execution_stats.observe(execution, doc)
+                if type(execution) is LateExecution:
+                    _observe_late(self.execution_stats, execution, doc)
+                else:
+                    self.execution_stats.observe(execution, doc)
             except Exception:
                 self.counters.processor_errors += 1
                 logger.exception("stats rules failed on execution %s", doc.reference)
@@ -330,7 +405,15 @@ class Pipeline:
             buffer.counters.dropped += len(inc) + len(sets)
 
     def _close(self) -> None:
-        self.execution_stats.close()
+        if self._durability is None:
+            self.execution_stats.close()
+        else:  # stats are written by checkpoints only: what is left the log replays next start
+            driver = self.execution_stats.buffer.driver
+            if driver is not None:
+                try:
+                    driver.close()
+                except Exception:
+                    pass
         sink = self._sink
         if sink is not None:
             for store in (sink.index, sink.data):
@@ -338,3 +421,15 @@ class Pipeline:
                     store.close()
                 except Exception:
                     pass
+
+
+def _observe_late(stats: ExecutionStats, execution: LateExecution, doc: Document) -> None:
+    """An execution written again with late spans: the rules see the late spans only (the
+    others were tracked the first time), and the default execution stat is not tracked
+    again (it counts executions, and this one was counted)."""
+    if not stats.rules:
+        return
+    record = doc.record
+    ctx = {"state": "ignored" if doc.ignored else record["state"], "key": record["key"]}
+    evaluate = stats.rules.evaluate
+    stats.buffer.track_many([(t.key, t.at, t.values) for span in execution.late for t in evaluate(span, ctx)])

@@ -52,6 +52,7 @@ class DocumentWriter:
         self.retry_at = 0.0
         self._backoff = 0.5
         self._last_error_log = 0.0
+        self.last_error = ""  # why the last write failed ("" once one succeeds)
 
     @property
     def backing_off(self) -> bool:
@@ -97,6 +98,7 @@ class DocumentWriter:
             return
         self._backoff = 0.5
         self.retry_at = 0.0
+        self.last_error = ""
         failed_refs = {d.reference for d in failed}
         ok_finished = [d for d in finished if d.reference not in failed_refs]
         self.counters.executions_written += len(ok_finished)
@@ -106,6 +108,7 @@ class DocumentWriter:
                 self.live_written.add(doc.reference)
         if failed_refs:
             self.counters.write_errors += 1
+            self.last_error = "the data store refused some executions' data"
             self._keep([d for d in finished if d.reference in failed_refs])
 
     def _keep(self, documents: list[Document]) -> None:
@@ -123,6 +126,7 @@ class DocumentWriter:
 
     def _failed(self, exc: Exception) -> None:
         self.counters.write_errors += 1
+        self.last_error = str(exc) if isinstance(exc, TrifleError) else repr(exc)
         now = time.monotonic()
         self.retry_at = now + self._backoff
         self._backoff = min(self._backoff * 2, MAX_BACKOFF)
@@ -151,6 +155,13 @@ class DocumentWriter:
         except Exception:
             self.counters.write_errors += 1
             logger.debug("cannot discard ignored execution %s", doc.reference, exc_info=True)
+
+    def retract(self, sink: TraceSink | None, reference: str) -> None:
+        """Remove a running record that turned out to stand for no execution (the sidecar
+        made it under a step's id before the step showed the real root)."""
+        self.queued_live.pop(reference, None)
+        stub = Document({"reference": reference, "key": "_", "retention": 0}, [], [])
+        self.discard(sink, stub)
 
     def take_all(self) -> list[Document]:
         """What still waits (at shutdown, to spill)."""

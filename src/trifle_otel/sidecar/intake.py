@@ -1,0 +1,148 @@
+"""The sidecar's intake: durable before acknowledged, refused rather than dropped.
+
+Receivers call :meth:`SidecarIntake.accept` with each decoded request.  It first checks
+that the request can be taken whole — room in the pipeline's queue (reserved now, so
+concurrent requests cannot overfill it), room in the write-ahead log, the stores keeping
+up — and refuses with 503 + ``Retry-After`` (gRPC UNAVAILABLE + RetryInfo) if not; then
+appends the request to the log (returning once it is on disk) and queues its spans, under
+the gate shared with checkpoints.  Only then does the client get its 200 / OK.
+
+Memory stays bounded while the stores are down: finished executions wait in memory for
+retry up to ``processor.retry_buffer`` of them; past that, requests are refused until the
+stores take writes again (the log holds everything acknowledged meanwhile).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Mapping
+
+from ..config import Config
+from ..errors import WALFull
+from ..ingest.otlp_intake import Admission, ReceivedBatch
+from ..pipeline import Pipeline
+from ..wal import WAL
+from .checkpoint import Checkpointer
+from .gate import Gate
+
+RECENT = 5.0  # seconds a refusal for a full log or queue keeps /health at 503
+
+
+class SidecarIntake:
+    def __init__(self, config: Config, pipeline: Pipeline, wal: WAL, gate: Gate, checkpointer: Checkpointer) -> None:
+        self.config = config
+        self.pipeline = pipeline
+        self.wal = wal
+        self.gate = gate
+        self.checkpointer = checkpointer
+        self.stopping = False
+        self._lock = threading.Lock()
+        self._reserved = 0
+        self._recent: dict[str, tuple[str, float]] = {}  # reason -> (message, when)
+        self.accepted_requests = 0
+        self.accepted_spans = 0
+
+    # -- Intake protocol ---------------------------------------------------------------------
+
+    def accept(self, batch: ReceivedBatch) -> Admission:
+        spans = batch.spans
+        count = len(spans)
+        refusal = self._refusal()
+        if refusal is not None:
+            return refusal
+        record = batch.to_record()
+        if self.wal.bytes + len(record) + 8 > self.wal.max_bytes:
+            return self._refuse("wal_full", self._wal_full_message(), 5.0)
+        queue = self.pipeline.intake
+        with self.gate.shared():
+            with self._lock:
+                held = len(queue) + self._reserved
+                if held and held + count > queue.max_items:
+                    busy = f"the sidecar's queue is full ({held:,} spans waiting for the worker); retry shortly"
+                    return self._refuse("overloaded", busy, 1.0)
+                self._reserved += count
+            try:
+                self.wal.append(record)  # durable when it returns
+                queue.put_many(spans)
+            except WALFull:  # (another request took the last room first)
+                return self._refuse("wal_full", self._wal_full_message(), 5.0)
+            finally:
+                with self._lock:
+                    self._reserved -= count
+        self.accepted_requests += 1
+        self.accepted_spans += count
+        return Admission.accept()
+
+    def health(self) -> str | None:
+        if self.stopping:
+            return "shutting down"
+        stores = self._stores_refusal()
+        if stores:
+            return stores
+        if self.wal.bytes >= self.wal.max_bytes * 0.95:
+            return self._wal_full_message()
+        now = time.monotonic()
+        for reason, (message, when) in list(self._recent.items()):
+            if now - when < RECENT:
+                return message
+        return None
+
+    def metrics(self) -> Mapping[str, float]:
+        pipeline = self.pipeline
+        counters = pipeline.counters
+        assembly = pipeline.assembler.counters
+        buffer = pipeline.execution_stats.buffer.counters
+        wal = self.wal.stats()
+        checkpointer = self.checkpointer
+        return {
+            "executions_written": counters.executions_written,
+            "pending_spans": pipeline.assembler.pending_spans,
+            "late_spans": assembly.late_spans,
+            "wal_bytes": wal["bytes"],
+            "wal_max_bytes": wal["max_bytes"],
+            "wal_segments": wal["segments"],
+            "store_errors": counters.write_errors + buffer.write_errors,
+            "queued_spans": len(pipeline.intake),
+            "retry_executions": len(pipeline.writer.retry),
+            "running_records": counters.live_writes,
+            "duplicate_spans": assembly.duplicate_spans,
+            "evicted_spans": assembly.evicted_spans,
+            "late_dropped_spans": assembly.late_dropped_spans,
+            "truncated_spans": assembly.truncated_spans,
+            "retained_spans": assembly.retained_spans,
+            "checkpoints": checkpointer.committed,
+            "checkpoint_failures": checkpointer.failures,
+            "stats_tracks": buffer.tracks,
+            "processor_errors": counters.processor_errors + counters.translation_errors,
+        }
+
+    # -- refusals -------------------------------------------------------------------------
+
+    def _refusal(self) -> Admission | None:
+        if self.stopping or self.pipeline.intake.closed:
+            return Admission.refuse("shutting_down", "the sidecar is shutting down; retry against its next start", retry_after=5.0)
+        stores = self._stores_refusal()
+        if stores:
+            return self._refuse("stores_unavailable", stores, 5.0)
+        return None
+
+    def _stores_refusal(self) -> str | None:
+        writer = self.pipeline.writer
+        if writer.waiting >= self.config.retry_buffer:
+            return f"stores unavailable: {writer.last_error or 'writes are failing'} ({writer.waiting:,} executions wait for retry)"
+        return None
+
+    def _wal_full_message(self) -> str:
+        message = (f"write-ahead log full ({self.wal.bytes:,} of {self.wal.max_bytes:,} bytes, receivers.wal_max_bytes); "
+                   "it is trimmed as received spans are stored")
+        if self.checkpointer.last_error:
+            message += f"; trimming is failing: {self.checkpointer.last_error}"
+        return message
+
+    def _refuse(self, reason: str, message: str, retry_after: float) -> Admission:
+        self._recent[reason] = (message, time.monotonic())
+        return Admission.refuse(reason, message, retry_after=retry_after, status=503)
+
+
+__all__ = ["SidecarIntake"]
