@@ -24,6 +24,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from otlp_build import S, request
 from otlp_samples import SPEC_EXAMPLE_JSON, gzip_bomb, many_spans_request, sdk_request, sdk_spans
 from serve_process import TRIFLE, Serve, write_config
 
@@ -177,3 +178,152 @@ def test_invalid_utf8_is_repaired_and_a_20_mib_attribute_becomes_an_artifact(ser
     shown = sidecar.cli("traces", "show", record["reference"], "--artifact", "meta_1.txt")
     assert shown.returncode == 0 and len(shown.stdout.strip()) == 20 * MiB and set(shown.stdout.strip()) == {"x"}
     GoodRequests(sidecar).check()
+
+
+# -- running jobs, start markers, late spans, traces across processes ---------------------------
+
+WORKER = {"service.name": "invoice-worker", "service.instance.id": "worker-1"}
+WEB = {"service.name": "shop-web", "service.instance.id": "web-1"}
+
+
+def post_json(sidecar: Serve, resource: dict, *spans: S) -> None:
+    code, _, body = sidecar.post(request(resource, *spans), JSON)
+    assert code == 200, body
+
+
+def wait_for(predicate, timeout: float = 30, what: str = "a condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def record_of(sidecar: Serve, span_id: str, state: str | None = None, length: int | None = None) -> dict | None:
+    for record in sidecar.records():
+        if record["span_id"] == span_id and (state is None or record["state"] == state) and (
+                length is None or record["length"] == length):
+            return record
+    return None
+
+
+def test_a_running_job_from_another_language_then_its_root_then_a_late_span(serve):
+    sidecar = serve(traces={"stuck_after": 1, "tag_attributes": ["customer.id"]})
+    root = S("run/invoices.generate", 0, 900, kind="consumer", attrs={"trifle.key": "invoices/generate", "customer.id": "acme"})
+    load = root.child("Loading orders", 10, 200)
+    query = load.child("SELECT orders", 20, 150, kind="client")
+    post_json(sidecar, WORKER, query, load)  # the job runs: its root has not ended
+    running = wait_for(lambda: record_of(sidecar, root.span_id, "running"), what="a running record")
+    assert running["name"] == "invoice-worker: root span not received yet" and running["length"] == 4
+    stuck = wait_for(lambda: sidecar.cli_json("traces", "list", "--stuck")["records"], what="a stuck record")
+    assert [r["reference"] for r in stuck] == [running["reference"]]
+    render = root.child("Rendering PDF", 300, 800, attrs={"trifle.result": "invoice-42.pdf"})
+    post_json(sidecar, WORKER, render)
+    wait_for(lambda: record_of(sidecar, root.span_id, "running", 4 + 3), what="a refreshed running record")
+    post_json(sidecar, WORKER, root)
+    done = wait_for(lambda: record_of(sidecar, root.span_id, "success"), what="the finished record")
+    assert done["reference"] == running["reference"] and done["key"] == "invoices/generate"
+    assert done["tags"] == ["customer.id:acme"] and "open_steps" not in done
+    assert lines_of(sidecar, done["reference"]) == [
+        (0, "Loading orders \u21b4"), (1, "SELECT orders \u21b4"), (1, "SELECT orders \u21b5"), (0, "Loading orders \u21b5"),
+        (0, "Rendering PDF \u21b4"), (0, "Rendering PDF \u21b5"), (0, "\u21b3 invoice-42.pdf"),
+    ]
+    wait_for(lambda: sidecar.stat("invoices/generate") == 1, what="the default stat")
+    audit = root.child("Audit log", 850, 950)  # ends after its root, exported later
+    post_json(sidecar, WORKER, audit)
+    wait_for(lambda: record_of(sidecar, root.span_id, "success", 9), what="the document rewritten with the late span")
+    wait_for(lambda: sidecar.metrics()["trifle_otel_late_spans_total"] == 1, what="the late span counted")
+    time.sleep(1.0)  # a checkpoint or two later
+    assert sidecar.stat("invoices/generate") == 1 and len(sidecar.records()) == 1
+
+
+def test_a_start_marker_makes_the_running_record_with_the_jobs_key(serve):
+    sidecar = serve()
+    root = S("run/reports.monthly", 0, 5000, kind="consumer", attrs={"trifle.key": "reports/monthly", "report.month": "2026-10"})
+    marker = root.child("run/reports.monthly", 1, 1, attrs={"trifle.pending": True, "trifle.key": "reports/monthly",
+                                                              "report.month": "2026-10"})
+    post_json(sidecar, WORKER, marker)
+    running = wait_for(lambda: record_of(sidecar, root.span_id, "running"), what="the running record")
+    assert (running["key"], running["name"], running["length"]) == ("reports/monthly", "run/reports.monthly", 0)
+    assert running["meta"] == {"report.month": "2026-10"}
+    step = root.child("Summing", 10, 4000)
+    post_json(sidecar, WORKER, step, root)
+    done = wait_for(lambda: record_of(sidecar, root.span_id, "success"), what="the finished record")
+    assert done["reference"] == running["reference"] and done["length"] == 2  # the marker is not a line
+
+
+def test_a_web_request_and_the_job_it_enqueued_are_two_linked_executions(serve):
+    sidecar = serve()
+    request_span = S("POST /checkout", 0, 40, kind="server", parent="00000000000000aa")  # its caller: a browser
+    enqueue = request_span.child("send_receipt publish", 5, 6, kind="producer")
+    run = S("run/send_receipt", 100, 300, parent=enqueue, kind="consumer", trace_id=request_span.trace_id)
+    render = run.child("Rendering receipt", 110, 200)
+    post_json(sidecar, WORKER, render, run)  # the worker's exporter happened to send first
+    post_json(sidecar, WEB, enqueue, request_span)
+    records = {r["name"]: r for r in sidecar.wait_records(2)}
+    assert set(records) == {"POST /checkout", "run/send_receipt"}
+    job = records["run/send_receipt"]
+    assert job["links"] == [{"type": "parent", "trace_id": run.trace_id, "span_id": enqueue.span_id}]
+    assert job["service"] == "invoice-worker" and job["length"] == 2
+    assert records["POST /checkout"]["length"] == 2 and records["POST /checkout"]["service"] == "shop-web"
+
+
+def test_sigterm_writes_what_is_held_and_a_restart_carries_running_jobs_on(serve, tmp_path):
+    home = tmp_path / "home"
+    sidecar = serve(home=home, receivers={"grace": 60, "checkpoint_interval": 60})  # nothing written before the stop
+    finished = [S(f"run/job {i}", 0, 10, kind="consumer", attrs={"trifle.key": "jobs/quick"}) for i in range(3)]
+    post_json(sidecar, WORKER, *finished, *(job.child("step", 1, 2) for job in finished))
+    root = S("run/export", 0, 20_000, kind="consumer", attrs={"trifle.key": "jobs/export"})
+    first = root.child("Exporting part 1", 10, 5000)
+    post_json(sidecar, WORKER, first)
+    assert sidecar.records() == []
+    assert sidecar.stop(signal.SIGTERM) == 0
+    out = "".join(sidecar.out)
+    assert "Stopped. Took 2 requests (7 spans), wrote 3 executions and 1 running records" in out
+    assert "1 spans of running jobs are carried in the log to the next start" in out
+    assert sorted((r["key"], r["state"]) for r in sidecar.records()) == sorted([("jobs/quick", "success")] * 3 + [
+        ("invoice-worker: root span not received yet", "running")])
+    assert sidecar.stat("jobs/quick") == 3
+    again = serve(home=home, receivers={"grace": 0.3})
+    assert "Replayed 0 requests (0 spans) and 1 spans of open executions from the log." in "".join(again.out)
+    second = root.child("Exporting part 2", 5000, 19_000)
+    post_json(again, WORKER, second, root)
+    done = wait_for(lambda: record_of(again, root.span_id, "success"), what="the job finished after the restart")
+    assert done["key"] == "jobs/export" and done["length"] == 4  # both parts
+    wait_for(lambda: again.stat("jobs/export") == 1, what="its stat")
+    assert again.stat("jobs/quick") == 3 and len(again.records()) == 4
+
+
+# -- command line -------------------------------------------------------------------------------
+
+
+def run_serve(*args: str, home) -> subprocess.CompletedProcess:
+    return subprocess.run([TRIFLE, "serve", "--home", str(home), *args], capture_output=True, text=True, timeout=60)
+
+
+def test_a_port_in_use_or_a_bad_address_is_one_error_line(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = run_serve("--grpc", "off", "--http", f"127.0.0.1:{port}", home=tmp_path / "h")
+        assert proc.returncode == 1 and proc.stdout == ""
+        assert proc.stderr.startswith(f"error: cannot listen on 127.0.0.1:{port} for OTLP/HTTP: ")
+        assert proc.stderr.count("\n") == 1
+        proc = run_serve("--grpc", f"127.0.0.1:{port}", home=tmp_path / "h")
+        assert proc.returncode == 1 and proc.stderr.startswith(f"error: cannot listen on 127.0.0.1:{port} for OTLP/gRPC")
+    proc = run_serve("--grpc", "localhost", home=tmp_path / "h")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert proc.stderr.startswith("error: invalid value for '--grpc': 'localhost' is not HOST:PORT")
+    proc = run_serve("--grpc", "off", "--http", "off", home=tmp_path / "h")
+    assert (proc.returncode, proc.stderr) == (1, "error: both receivers are off: give --grpc HOST:PORT or --http HOST:PORT "
+                                                  "(receivers.grpc / receivers.http)\n")
+
+
+def test_one_sidecar_per_home(serve, tmp_path):
+    serve(home=tmp_path / "home")
+    proc = run_serve("--grpc", "127.0.0.1:0", "--http", "127.0.0.1:0", home=tmp_path / "home")
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1
+    assert "is in use by another process (each trifle-otel serve needs its own home directory)" in proc.stderr
