@@ -7,6 +7,7 @@ import http.client
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -174,6 +175,26 @@ class Serve:
                     return out
         finally:
             index.close()
+
+    def count(self, key: str) -> tuple[int, set[int]]:
+        """(records with this key, the distinct line counts they have), straight from the
+        embedded index: cheaper than reading pages of records while the sidecar writes."""
+        path = self.store_config().resolved_index_url()[len("sqlite://"):]
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30) as conn:
+            (n,) = conn.execute("SELECT count(*) FROM trifle_traces WHERE key = ?", (key,)).fetchone()
+            lengths = {row[0] for row in conn.execute(
+                "SELECT DISTINCT json_extract(record, '$.length') FROM trifle_traces WHERE key = ?", (key,))}
+        return n, lengths
+
+    def wait_count(self, key: str, count: int, timeout: float = 120) -> set[int]:
+        deadline = time.monotonic() + timeout
+        n, lengths = 0, set()
+        while time.monotonic() < deadline:
+            n, lengths = self.count(key)
+            if n >= count:
+                return lengths
+            time.sleep(0.3)
+        raise AssertionError(f"{n} records of {key}, expected {count}; serve said: {''.join(self.err)[-2000:]}")
 
     def wait_records(self, count: int, timeout: float = 60, **query) -> list[dict]:
         deadline = time.monotonic() + timeout

@@ -27,6 +27,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from otlp_build import S, request
 from otlp_samples import SPEC_EXAMPLE_JSON, gzip_bomb, many_spans_request, sdk_request, sdk_spans
 from serve_process import TRIFLE, Serve, write_config
+from test_otlp_node import node  # noqa: F401  (the fixture: npm ci of tests/node)
 
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
@@ -327,3 +328,68 @@ def test_one_sidecar_per_home(serve, tmp_path):
     proc = run_serve("--grpc", "127.0.0.1:0", "--http", "127.0.0.1:0", home=tmp_path / "home")
     assert proc.returncode == 1 and proc.stderr.count("\n") == 1
     assert "is in use by another process (each trifle-otel serve needs its own home directory)" in proc.stderr
+
+
+# -- a Node.js app with the official OpenTelemetry JS SDK ------------------------------------------
+
+NODE_RULES = """
+rules:
+  - name: invoices per customer
+    where:
+      - name == "run/billing.invoice"
+    keys:
+      - billing/invoices/customer/{attributes["customer.id"]}
+    values:
+      count: 1
+      total: attributes["invoice.total"]
+  - name: e-mails
+    where:
+      - name == "Sending e-mail"
+    keys: [billing/emails]
+    values:
+      count: 1
+      failed: {map: status.code}
+"""
+
+
+@pytest.mark.parametrize("protocol", ["proto", "grpc"])
+def test_a_nodejs_job_becomes_one_execution_with_nested_lines_tags_and_stats(serve, tmp_path, node, protocol):
+    from test_otlp_node import NODE_DIR
+
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(NODE_RULES)
+    sidecar = serve(stats={"rules": str(rules)}, traces={"tag_attributes": ["customer.id", "reseller.id"]})
+    url = f"http://{sidecar.http}/v1/traces" if protocol == "proto" else f"http://{sidecar.grpc}"
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("OTEL_")}
+    job = subprocess.Popen([node, str(NODE_DIR / "job.js"), protocol, url], cwd=NODE_DIR, env=env, text=True,
+                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        started = job.stdout.readline().split()
+        assert started[:1] == ["started"], job.stderr.read()
+        trace_id, root_id = started[1:]
+        running = wait_for(lambda: record_of(sidecar, root_id, "running", 5), what="the job's running record")
+        assert (running["key"], running["name"], running["trace_id"]) == ("billing/invoices", "run/billing.invoice", trace_id)
+        job.stdin.write("go\n")
+        job.stdin.flush()
+        assert job.wait(60) == 0, job.stderr.read()
+    finally:
+        if job.poll() is None:
+            job.kill()
+            job.wait(10)
+    done = wait_for(lambda: record_of(sidecar, root_id, "success"), what="the finished execution")
+    assert done["reference"] == running["reference"] and done["service"] == "billing-node"
+    assert done["tags"] == ["customer.id:acme", "reseller.id:r7", "vip"]
+    assert done["meta"]["invoice.total"] == 129.5
+    assert done["links"] == [{"type": "parent", "trace_id": trace_id, "span_id": "00f067aa0ba902b7"}]
+    lines = lines_of(sidecar, done["reference"])
+    assert lines[:8] == [
+        (0, "Loading invoice lines \u21b4"), (1, "SELECT invoice_lines \u21b4"), (1, "SELECT invoice_lines \u21b5"),
+        (0, "Loading invoice lines \u21b5"), (0, "\u21b3 3 lines"),
+        (0, "Computing totals \u21b4"), (1, "discount applied"), (1, '{"percent": 5}'),
+    ]
+    assert (0, "\u21b3 129.50 EUR") in lines and (0, "Sending e-mail \u21b4") in lines
+    assert any(level == 1 and message == "Error: SMTP 451: try again later" for level, message in lines)
+    wait_for(lambda: sidecar.stat("billing/invoices") == 1, what="the default stat")
+    assert sidecar.stat("billing/invoices/customer/acme") == 1
+    assert sidecar.stat("billing/invoices/customer/acme", "total") == 129.5
+    assert sidecar.stat("billing/emails", "failed.error") == 1
