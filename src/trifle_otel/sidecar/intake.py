@@ -80,13 +80,11 @@ class SidecarIntake:
         stores = self._stores_refusal()
         if stores:
             return stores
-        if self.wal.bytes >= self.wal.max_bytes * 0.95:
-            return self._wal_full_message()
         now = time.monotonic()
-        for reason, (message, when) in list(self._recent.items()):
-            if now - when < RECENT:
-                return message
-        return None
+        recent = sorted((when, reason, message) for reason, (message, when) in list(self._recent.items()) if now - when < RECENT)
+        if self.wal.bytes >= self.wal.max_bytes * 0.95 or any(reason == "wal_full" for _, reason, _ in recent):
+            return self._wal_full_message()
+        return recent[-1][2] if recent else None
 
     def metrics(self) -> Mapping[str, float]:
         pipeline = self.pipeline
