@@ -216,7 +216,7 @@ def test_stores_unavailable_for_30_s_under_load_lose_nothing_and_memory_stays_bo
         reasons = {h[1].get("reason", "") for h in health if h[0] == 503}
         assert any(r.startswith("stores unavailable: ") for r in reasons), reasons
         assert refused_during > 0 and sidecar.health()[0] == 200
-        assert max(rss) < rss_before + 200, (rss_before, max(rss))
+        assert max(rss) < rss_before + 100, (rss_before, max(rss))  # (measured: +27 MB)
         assert sidecar.stop() == 0
     finally:
         client.stop.set()

@@ -55,6 +55,7 @@ INTAKE_METRICS: dict[str, tuple[str, str]] = {
     "requests_refused_overloaded": ("counter", "Requests refused: the queue to the worker was full"),
     "requests_refused_stores_unavailable": ("counter", "Requests refused: the stores did not take writes"),
     "requests_refused_shutting_down": ("counter", "Requests refused while shutting down"),
+    "requests_refused_wal_failed": ("counter", "Requests refused: the write-ahead log could not be written"),
 }
 
 _RECORD_MAGIC = b"OTLP1 "

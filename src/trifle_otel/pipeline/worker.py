@@ -14,6 +14,7 @@ cycle's documents in a few store calls.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import sys
@@ -285,10 +286,16 @@ class Pipeline:
         self._assemble(durability.cut(self.intake) if checkpoint else self.intake.take())
         now_ns = time.time_ns()
         finished = self._finish(self.assembler.collect(ignore_grace=flush or final, final=final), now_ns)
-        live = self._running_documents(now_ns) if self.live is not None else []
+        live = self._running_documents(now_ns)
         writer = self.writer
         if finished or live or writer.queued or writer.queued_live or (writer.retry and (checkpoint or not writer.backing_off)):
+            failures = self.counters.write_errors
             writer.write(finished, live, force=checkpoint)
+            if self.counters.write_errors != failures:
+                # A failed store call leaves reference cycles (the client library's
+                # exceptions and retries): free them while they are young, or a long outage
+                # grows memory with every retry until a full collection comes.
+                gc.collect(1)
         if not final:
             self._purge_expired()
         if not checkpoint:
@@ -301,6 +308,10 @@ class Pipeline:
     def _running_documents(self, now_ns: int) -> list[Document]:
         """Open-ended assembly: the running snapshots it made (checked against the index
         once each), and the running records that stood for no execution removed."""
+        if self.live is None:  # (live: false) no running records
+            self.assembler.running()
+            self.assembler.retracted()
+            return []
         docs = self._live_documents(now_ns)
         for trace_id, root_id in self.assembler.retracted():
             self.writer.retract(self._sink, reference_for(trace_id, root_id))

@@ -53,6 +53,7 @@ class DocumentWriter:
         self._backoff = 0.5
         self._last_error_log = 0.0
         self.last_error = ""  # why the last write failed ("" once one succeeds)
+        self.in_flight = 0  # finished documents in the store call under way (read by other threads)
 
     @property
     def backing_off(self) -> bool:
@@ -60,8 +61,8 @@ class DocumentWriter:
 
     @property
     def waiting(self) -> int:
-        """Documents not in the stores yet (queued or waiting for retry)."""
-        return len(self.queued) + len(self.retry)
+        """Documents not in the stores yet (queued, being written, or waiting for retry)."""
+        return len(self.queued) + len(self.retry) + self.in_flight
 
     def write(self, finished: list[Document], live: list[Document], *, force: bool = False) -> None:
         """Queue this cycle's documents; write what is queued (and what waits for retry)
@@ -90,12 +91,19 @@ class DocumentWriter:
             return
         if not finished and not live:
             return
+        self.in_flight = len(finished)
         try:
             failed = self.open_sink().write(finished + live)
         except Exception as exc:
             self._failed(exc)
             self._keep(finished)
+            # Its traceback holds the store call's frames (and, from a concurrent store, every
+            # failed request's): a cycle the garbage collector would free late.  Drop it now:
+            # a long outage retries many times.
+            exc.__traceback__ = None
             return
+        finally:
+            self.in_flight = 0
         self._backoff = 0.5
         self.retry_at = 0.0
         self.last_error = ""

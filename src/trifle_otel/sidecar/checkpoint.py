@@ -53,6 +53,7 @@ OTLP_MAGIC = b"OTLP1 "
 MARK_KEY = "__trifle_otel_wal__"
 TRIM_SHARE = 0.5  # a checkpoint is due early once the log holds this share of its bound
 MAX_BACKOFF = 30.0
+RARE = 6  # at most this many intervals between checkpoints, however little the log grew
 
 
 def log_id(directory: Path) -> str:
@@ -124,14 +125,29 @@ class Checkpointer:
         self._next = time.monotonic() + interval
         self._retry_at = 0.0
         self._backoff = 0.5
+        self.stats_waiting: Any = None  # () -> int: stats increments buffered since the last checkpoint
+        self._carried_bytes = 0  # size of the last checkpoint record
+        self._bytes_after = 0  # the log's size after the last checkpoint
+        self._committed_at = time.monotonic()
 
     def due(self) -> bool:
+        """At the interval when stats wait to be written or the log has grown by what the
+        last checkpoint carried (each one writes the open executions' spans again: with many
+        long jobs and little else, checkpoints come up to ``RARE`` intervals apart); early
+        when the log passes ``TRIM_SHARE`` of its bound."""
         if not self.enabled:
             return False
         now = time.monotonic()
         if now < self._retry_at:
             return False
-        return now >= self._next or self.wal.bytes >= self.wal.max_bytes * TRIM_SHARE
+        if self.wal.bytes >= self.wal.max_bytes * TRIM_SHARE:
+            return True
+        if now < self._next:
+            return False
+        if self.stats_waiting is not None and self.stats_waiting():
+            return True
+        grown = self.wal.bytes - self._bytes_after
+        return grown >= self._carried_bytes or now >= self._committed_at + RARE * self.interval
 
     def cut(self, intake: Intake) -> list[Any]:
         if not self.enabled:
@@ -153,8 +169,9 @@ class Checkpointer:
                 self.abandon(f"stats store unavailable: {exc}")
                 return False
         number = self.count + 1
+        record = carry_record(number, cut, carried)
         try:
-            self.wal.append_many([carry_record(number, cut, carried)], bounded=False)
+            self.wal.append_many([record], bounded=False)
         except Exception as exc:
             self.abandon(f"cannot write the write-ahead log: {exc}")
             return False
@@ -169,7 +186,10 @@ class Checkpointer:
         for segment in self.wal.segments():
             if segment.segment <= cut:
                 self.wal.release(segment.segment)
-        self._next = time.monotonic() + self.interval
+        self._next = self._committed_at = time.monotonic()
+        self._next += self.interval
+        self._carried_bytes = len(record)
+        self._bytes_after = self.wal.bytes
         self._backoff = 0.5
         self._retry_at = 0.0
         self.last_error = ""

@@ -19,7 +19,7 @@ import time
 from typing import Mapping
 
 from ..config import Config
-from ..errors import WALFull
+from ..errors import StoreError, WALFull
 from ..ingest.otlp_intake import Admission, ReceivedBatch
 from ..pipeline import Pipeline
 from ..wal import WAL
@@ -43,6 +43,7 @@ class SidecarIntake:
         self.accepted_requests = 0
         self.accepted_spans = 0
         self.refused: dict[str, int] = {}  # requests refused, by reason
+        self.wal_error = ""  # the last failure to write the log
 
     # -- Intake protocol ---------------------------------------------------------------------
 
@@ -81,6 +82,9 @@ class SidecarIntake:
                 queue.put_many(spans)
             except WALFull:  # (another request took the last room first)
                 return self._refuse("wal_full", self._wal_full_message(), 5.0)
+            except StoreError as exc:  # the disk: full, or a failed sync (the log stops then)
+                self.wal_error = str(exc)
+                return self._refuse("wal_failed", f"the write-ahead log cannot be written: {exc}", 30.0)
             finally:
                 with self._lock:
                     self._reserved -= count

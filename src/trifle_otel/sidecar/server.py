@@ -78,6 +78,8 @@ class Sidecar:
                 recount=lambda: read_mark(config, ident),
             )
             self.pipeline = Pipeline(config, open_ended=True, durability=self.checkpointer)
+            buffer = self.pipeline.execution_stats.buffer
+            self.checkpointer.stats_waiting = lambda: buffer.pending
             self._replay(mark or 0)
             self.checkpointer.enabled = True
             self.intake = SidecarIntake(config, self.pipeline, self.wal, gate, self.checkpointer)
