@@ -270,6 +270,7 @@ def test_memory_is_bounded_by_finishing_the_oldest_early():
         finished += a.collect()
     assert a.pending_spans + a.retained_spans <= 10
     assert [e.root for e in finished] == roots[:2]  # the oldest, before their grace was over
+    assert a.counters.early_executions == 2
     running_root, running_steps = job(2)
     for span in running_steps:  # a running job, pushed out of memory: snapshotted, let go
         a.add(span)

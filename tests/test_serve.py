@@ -14,16 +14,11 @@ import grpc
 import orjson
 import pytest
 from google.rpc import code_pb2, status_pb2
-from opentelemetry import trace as trace_api
-from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GRPCSpanExporter
 from opentelemetry.exporter.otlp.proto.http import Compression as HTTPCompression
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HTTPSpanExporter
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.export import SpanExportResult
 from otlp_build import S, request
 from otlp_samples import SPEC_EXAMPLE_JSON, gzip_bomb, many_spans_request, sdk_request, sdk_spans
 from serve_process import TRIFLE, Serve, write_config
@@ -323,11 +318,13 @@ def test_a_port_in_use_or_a_bad_address_is_one_error_line(tmp_path):
                                                   "(receivers.grpc / receivers.http)\n")
 
 
-def test_one_sidecar_per_home(serve, tmp_path):
-    serve(home=tmp_path / "home")
+def test_one_sidecar_per_home_and_ctrl_c_stops_it(serve, tmp_path):
+    first = serve(home=tmp_path / "home")
     proc = run_serve("--grpc", "127.0.0.1:0", "--http", "127.0.0.1:0", home=tmp_path / "home")
     assert proc.returncode == 1 and proc.stderr.count("\n") == 1
     assert "is in use by another process (each trifle-otel serve needs its own home directory)" in proc.stderr
+    assert first.stop(signal.SIGINT) == 0 and "Stopped. Took 0 requests" in "".join(first.out)
+    assert "".join(first.err) == ""
 
 
 # -- a Node.js app with the official OpenTelemetry JS SDK ------------------------------------------

@@ -45,6 +45,7 @@ INTAKE_METRICS: dict[str, tuple[str, str]] = {
     "running_records": ("counter", "Running records written (jobs whose root span has not arrived)"),
     "duplicate_spans": ("counter", "Spans received twice (a retried export), dropped"),
     "evicted_spans": ("counter", "Spans of running jobs let go from memory at the max_pending_spans bound"),
+    "executions_finished_early": ("counter", "Executions written before their grace was over, at the max_pending_spans bound"),
     "late_dropped_spans": ("counter", "Late spans of executions no longer in memory, dropped"),
     "truncated_spans": ("counter", "Spans past the per-execution limit, left out"),
     "checkpoints": ("counter", "Checkpoints done (stats written, the write-ahead log trimmed)"),

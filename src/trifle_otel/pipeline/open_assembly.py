@@ -84,6 +84,7 @@ class OpenCounters(AssemblyCounters):
     markers: int = 0
     snapshots: int = 0
     evicted_spans: int = 0
+    early_executions: int = 0  # finished before their grace was over, at the memory bound
     released_spans: int = 0
     late_dropped_spans: int = 0
     retained_spans: int = 0
@@ -540,7 +541,9 @@ class OpenAssembler:
             if not trace.spans and not trace.markers:
                 continue
             self._active.pop(trace.trace_id, None)
+            before = len(out)
             self._settle(trace, now, out, finish=True, evict=True)
+            self.counters.early_executions += len(out) - before
 
     def _release_idle(self, now: float) -> None:
         """Running jobs that sent nothing for ``release_after``: let go (their record stays)."""

@@ -124,6 +124,7 @@ class SidecarIntake:
             "running_records": counters.live_writes,
             "duplicate_spans": assembly.duplicate_spans,
             "evicted_spans": assembly.evicted_spans,
+            "executions_finished_early": assembly.early_executions,
             "late_dropped_spans": assembly.late_dropped_spans,
             "truncated_spans": assembly.truncated_spans,
             "retained_spans": assembly.retained_spans,
