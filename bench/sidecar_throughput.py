@@ -8,15 +8,35 @@
     assembly, translation, stores) only lowers it.  Reported per CPU second (what one
     core can do, steady when other work shares the machine) and per wall-clock second.
 
-Usage: python bench/sidecar_throughput.py [--requests 40] [--part a]
+(b) ``trifle-otel serve`` in a subprocess (embedded store, the demo's stats rules, its own
+    temporary home) fed over OTLP/HTTP by concurrent clients sending pre-encoded gzip
+    protobuf requests of 512 spans: spans/s from the first request sent to the last
+    execution stored (every execution in the index), the CPU the serve process used per
+    span, and its peak RSS.
+(c) the same over OTLP/gRPC (the clients compress with gzip).
+Then (b)/(a): how much of the decode ceiling one serve process reaches.
+
+Usage: python bench/sidecar_throughput.py [--requests 200] [--part a --part b --part c]
+       [--served-requests 300] [--clients 6]
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import gzip
+import http.client
+import os
 import random
+import re
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
 import time
+from importlib import resources
+from pathlib import Path
 
 import orjson
 from google.protobuf import json_format
@@ -122,14 +142,167 @@ def decode_ceiling(n_requests: int) -> dict[str, float]:
     return results
 
 
+# -- (b) and (c): serve in a subprocess ----------------------------------------------------------
+
+
+def unique_copies(request, count: int) -> list[bytes]:
+    """``count`` serialized copies of a request, each with its own trace and span ids (the
+    ids XOR-ed with a mask per copy, so parents still match)."""
+    out = []
+    for n in range(count):
+        copy = type(request)()
+        copy.CopyFrom(request)
+        trace_mask = (n + 1).to_bytes(16, "big")
+        span_mask = (n + 1).to_bytes(8, "big")
+        for rs in copy.resource_spans:
+            for ss in rs.scope_spans:
+                for span in ss.spans:
+                    span.trace_id = bytes(a ^ b for a, b in zip(span.trace_id, trace_mask))
+                    span.span_id = bytes(a ^ b for a, b in zip(span.span_id, span_mask))
+                    if span.parent_span_id:
+                        span.parent_span_id = bytes(a ^ b for a, b in zip(span.parent_span_id, span_mask))
+        out.append(copy.SerializeToString())
+    return out
+
+
+def roots_of(request) -> int:
+    return sum(1 for rs in request.resource_spans for ss in rs.scope_spans for s in ss.spans if not s.parent_span_id)
+
+
+def _proc_cpu(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _stored(index: Path) -> int:
+    if not index.exists():
+        return 0
+    try:
+        with sqlite3.connect(f"file:{index}?mode=ro", uri=True, timeout=5) as conn:
+            return conn.execute("SELECT count(*) FROM trifle_traces").fetchone()[0]
+    except sqlite3.Error:
+        return 0
+
+
+def served(transport: str, n_requests: int, clients: int, grace: float) -> dict[str, float]:
+    """Run serve, send ``n_requests`` requests of 512 spans from ``clients`` threads, wait
+    until every execution is in the index."""
+    base = make_request(1000)
+    bodies = unique_copies(base, n_requests)
+    executions = roots_of(base) * n_requests
+    spans = SPANS_PER_REQUEST * n_requests
+    payloads = [gzip.compress(b, 6) for b in bodies] if transport == "http" else bodies
+    rules = str(resources.files("trifle_otel") / "examples" / "demo_rules.yaml")
+    with tempfile.TemporaryDirectory(dir=".") as home:
+        config = Path(home) / "trifle.yaml"
+        config.write_text(
+            f"stats:\n  rules: {rules}\ntraces:\n  tag_attributes: [customer.id, reseller.id]\n"
+            f"receivers:\n  grace: {grace}\n  max_request_bytes: 67108864\n"
+        )
+        trifle = str(Path(sys.executable).parent / "trifle-otel")
+        proc = subprocess.Popen(
+            [trifle, "serve", "--config", str(config), "--home", home, "--grpc", "127.0.0.1:0", "--http", "127.0.0.1:0"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        try:
+            line = proc.stdout.readline()
+            grpc_target = re.search(r"OTLP/gRPC on (\S+);", line).group(1)
+            http_host, http_port = re.search(r"http://([\d.]+):(\d+)/v1/traces", line).groups()
+            index = Path(home) / "traces.db"
+            queue = list(range(n_requests))
+            lock = threading.Lock()
+            refused = [0]
+
+            def take() -> int | None:
+                with lock:
+                    return queue.pop() if queue else None
+
+            def http_client() -> None:
+                connection = http.client.HTTPConnection(http_host, int(http_port), timeout=120)
+                headers = {"Content-Type": "application/x-protobuf", "Content-Encoding": "gzip"}
+                while (n := take()) is not None:
+                    while True:
+                        connection.request("POST", "/v1/traces", payloads[n], headers)
+                        response = connection.getresponse()
+                        response.read()
+                        if response.status == 200:
+                            break
+                        refused[0] += 1
+                        time.sleep(0.05)
+                connection.close()
+
+            def grpc_client() -> None:
+                import grpc
+
+                with grpc.insecure_channel(grpc_target, options=[("grpc.max_send_message_length", 64 << 20)]) as channel:
+                    export = channel.unary_unary("/opentelemetry.proto.collector.trace.v1.TraceService/Export")
+                    while (n := take()) is not None:
+                        while True:
+                            try:
+                                export(payloads[n], compression=grpc.Compression.Gzip, timeout=120)
+                                break
+                            except grpc.RpcError as exc:
+                                if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                                    raise
+                                refused[0] += 1
+                                time.sleep(0.05)
+
+            cpu0 = _proc_cpu(proc.pid)
+            started = time.perf_counter()
+            threads = [threading.Thread(target=http_client if transport == "http" else grpc_client) for _ in range(clients)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            sent = time.perf_counter() - started
+            while _stored(index) < executions:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"serve exited: {proc.stderr.read()}")
+                time.sleep(0.02)
+            elapsed = time.perf_counter() - started
+            cpu = _proc_cpu(proc.pid) - cpu0
+            rss = _peak_rss_mb(proc.pid)
+        finally:
+            proc.terminate()
+            proc.wait(120)
+    return {"spans": spans, "executions": executions, "elapsed": elapsed, "sent": sent, "cpu": cpu, "rss": rss,
+            "refused": refused[0]}
+
+
+def report_served(label: str, result: dict[str, float], grace: float, clients: int) -> float:
+    rate = result["spans"] / result["elapsed"]
+    print(
+        f"({label}) serve over {'OTLP/HTTP' if label == 'b' else 'OTLP/gRPC'}: {rate:10,.0f} spans/s "
+        f"({result['spans']:,} spans, {result['executions']:,} executions in {result['elapsed']:.2f} s from the first "
+        f"request to the last execution stored; all sent after {result['sent']:.2f} s; grace {grace} s; "
+        f"{clients} clients; {result['refused']} requests refused and sent again), "
+        f"serve CPU {result['cpu'] / result['spans'] * 1e6:.1f} us/span, peak RSS {result['rss']:.0f} MB"
+    )
+    return rate
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--requests", type=int, default=200, help="requests decoded per encoding")
-    parser.add_argument("--part", choices=["a"], action="append", help="which parts to run (default: all)")
+    parser.add_argument("--requests", type=int, default=200, help="requests decoded per encoding in (a)")
+    parser.add_argument("--served-requests", type=int, default=300, help="requests of 512 spans sent to serve in (b), (c)")
+    parser.add_argument("--clients", type=int, default=6, help="concurrent clients in (b), (c)")
+    parser.add_argument("--grace", type=float, default=2.0, help="receivers.grace of the serve process")
+    parser.add_argument("--part", choices=["a", "b", "c"], action="append", help="which parts to run (default: all)")
     args = parser.parse_args()
-    parts = args.part or ["a"]
-    if "a" in parts:
-        decode_ceiling(args.requests)
+    parts = args.part or ["a", "b", "c"]
+    ceiling = decode_ceiling(args.requests)["protobuf"] if "a" in parts else None
+    for part, transport in (("b", "http"), ("c", "grpc")):
+        if part in parts:
+            rate = report_served(part, served(transport, args.served_requests, args.clients, args.grace), args.grace, args.clients)
+            if ceiling:
+                print(f"({part})/(a): {rate / ceiling:.2f} of the protobuf decode ceiling")
 
 
 if __name__ == "__main__":

@@ -75,6 +75,11 @@ class Config:
     max_request_bytes: int = 16 << 20
     wal_max_bytes: int = 1 << 30
     wal_segment_bytes: int = 64 << 20
+    # assembly with no end signal (trifle-otel serve)
+    sidecar_grace: float = 2.0  # seconds of quiet after a root arrived before its execution is written
+    trace_timeout: float = 60.0  # seconds after which an execution is written even while spans still come
+    max_pending_spans: int = 200_000  # spans held in memory; past it the oldest executions are written early
+    checkpoint_interval: float = 5.0  # seconds between checkpoints (stats written, the log trimmed)
     # ui
     ui_listen: str = "127.0.0.1:4320"
     ui_token: str | None = None  # bearer token (also accepted as the basic-auth password)
@@ -140,6 +145,13 @@ class Config:
         for name in ("max_request_bytes", "wal_max_bytes", "wal_segment_bytes"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"setting 'receivers.{name}' must be a positive number of bytes (got {getattr(self, name)!r})")
+        if self.sidecar_grace < 0:
+            raise ConfigError(f"setting 'receivers.grace' must be zero or more seconds (got {self.sidecar_grace!r})")
+        for name in ("trace_timeout", "checkpoint_interval"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"setting 'receivers.{name}' must be a positive number of seconds (got {getattr(self, name)!r})")
+        if self.max_pending_spans <= 0:
+            raise ConfigError(f"setting 'receivers.max_pending_spans' must be a positive number (got {self.max_pending_spans!r})")
         if self.wal_max_bytes < self.max_request_bytes:
             raise ConfigError(
                 f"setting 'receivers.wal_max_bytes' ({self.wal_max_bytes:,}) must be at least "
@@ -194,12 +206,13 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "processor": ("queue_size", "flush_interval", "grace", "retry_buffer", "spill_dir", "spill_max_bytes"),
     "stats": ("stats_rules", "default_stats", "granularities", "time_zone", "beginning_of_week", "stats_mode",
               "stats_expire_after"),
-    "receivers": ("grpc_listen", "http_listen", "auth_token", "max_request_bytes", "wal_max_bytes", "wal_segment_bytes"),
+    "receivers": ("grpc_listen", "http_listen", "auth_token", "max_request_bytes", "wal_max_bytes", "wal_segment_bytes",
+                  "sidecar_grace", "trace_timeout", "max_pending_spans", "checkpoint_interval"),
     "ui": ("ui_listen", "ui_token", "ui_basic_auth", "ui_trace_url", "ui_dashboards"),
 }
 _FILE_NAMES = {  # file name differs from attribute name; a dotted name is a nested mapping in the file
     "stats": {"stats_rules": "rules", "stats_mode": "mode", "stats_expire_after": "expire_after"},
-    "receivers": {"grpc_listen": "grpc", "http_listen": "http", "auth_token": "auth.token"},
+    "receivers": {"grpc_listen": "grpc", "http_listen": "http", "auth_token": "auth.token", "sidecar_grace": "grace"},
 }
 _FILE_NAMES["ui"] = {name: name[len("ui_"):] for name in SECTIONS["ui"]}
 

@@ -140,9 +140,11 @@ class WAL:
         """Write one record; returns once it is durable.  Raises :class:`WALFull`."""
         return self._append([payload], bounded=True)[0]
 
-    def append_many(self, payloads: Iterable[bytes]) -> list[Position]:
-        """Write several records with one sync (all or none, as far as the bound goes)."""
-        return self._append(list(payloads), bounded=True)
+    def append_many(self, payloads: Iterable[bytes], *, bounded: bool = True) -> list[Position]:
+        """Write several records with one sync (all or none, as far as the bound goes).
+        ``bounded=False`` writes past ``max_bytes``: for a checkpoint's record of what it
+        carries forward, written just before the segments it replaces are deleted."""
+        return self._append(list(payloads), bounded=bounded)
 
     def _append(self, payloads: list[bytes], bounded: bool) -> list[Position]:
         frames = []

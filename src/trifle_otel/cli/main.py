@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from ..errors import TrifleError
-from . import demo, rules, setup, stats, traces, ui
+from . import demo, rules, serve, setup, stats, traces, ui
 from .options import store_options
 from .output import silence_stdout
 
@@ -71,5 +71,5 @@ def main(**_: Any) -> None:
     """
 
 
-for _command in (demo.demo, setup.setup, traces.traces, stats.stats, rules.rules, ui.ui):
+for _command in (demo.demo, setup.setup, traces.traces, stats.stats, rules.rules, serve.serve, ui.ui):
     main.add_command(_command)

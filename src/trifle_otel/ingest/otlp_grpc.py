@@ -45,7 +45,7 @@ from ..errors import ConfigError, OTLPDecodeError, WALFull
 from .metrics import ReceiverMetrics
 from .otlp_decode import PROTOBUF, decode_protobuf
 from .otlp_http import DEFAULT_MAX_REQUEST_BYTES
-from .otlp_intake import Admission, Intake, ReceivedBatch, bearer_ok
+from .otlp_intake import Admission, Intake, ReceivedBatch, bearer_ok, early_refusal
 
 __all__ = ["GRPCServer", "SERVICE", "METHOD"]
 
@@ -136,6 +136,9 @@ class GRPCServer:
             if not bearer_ok(metadata.get("authorization"), self.token):
                 self._abort(context, grpc.StatusCode.UNAUTHENTICATED,
                             "missing or wrong bearer token: send the metadata 'authorization: Bearer <receivers.auth.token>'")
+        early = early_refusal(self.intake, len(body))
+        if early is not None:
+            self._abort(context, grpc.StatusCode.UNAVAILABLE, early.message, retry_after=early.retry_after)
         try:
             decoded = decode_protobuf(body)
         except OTLPDecodeError as exc:

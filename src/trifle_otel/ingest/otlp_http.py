@@ -43,7 +43,16 @@ from starlette.routing import Route
 from ..errors import ConfigError, OTLPDecodeError, OTLPTooLarge, WALFull
 from .metrics import CONTENT_TYPE_LATEST, ReceiverMetrics
 from .otlp_decode import JSON, PROTOBUF, decode_request, inflate
-from .otlp_intake import SUPPORTED_TYPES, Admission, Intake, ReceivedBatch, bearer_ok, content_encoding, media_type
+from .otlp_intake import (
+    SUPPORTED_TYPES,
+    Admission,
+    Intake,
+    ReceivedBatch,
+    bearer_ok,
+    content_encoding,
+    early_refusal,
+    media_type,
+)
 
 __all__ = ["create_http_app", "HTTPServer", "DEFAULT_MAX_REQUEST_BYTES"]
 
@@ -126,6 +135,9 @@ class _Receiver:
                 )
             if self.in_flight >= self.max_concurrent_requests:
                 raise _Refusal(503, "too many requests in progress; retry later", "busy", retry_after=1.0)
+            early = early_refusal(self.intake, int(declared) if declared and declared.isdigit() else 0)
+            if early is not None:
+                raise _Refusal(early.status, early.message, early.reason, retry_after=early.retry_after)
             self.in_flight += 1
             try:
                 body = await self._read_body(request)

@@ -26,7 +26,7 @@ from ..errors import OTLPDecodeError
 from ..model import Span
 from .otlp_decode import ENCODINGS, JSON, PROTOBUF, decode_request, inflate
 
-__all__ = ["ReceivedBatch", "Admission", "Intake", "INTAKE_METRICS", "bearer_ok", "media_type", "content_encoding"]
+__all__ = ["ReceivedBatch", "Admission", "Intake", "INTAKE_METRICS", "bearer_ok", "early_refusal", "media_type", "content_encoding"]
 
 # What ``Intake.metrics()`` may report, with the Prometheus type and help of each; other
 # names are exported as gauges.
@@ -38,6 +38,25 @@ INTAKE_METRICS: dict[str, tuple[str, str]] = {
     "wal_max_bytes": ("gauge", "The write-ahead log's byte bound"),
     "wal_segments": ("gauge", "Segments in the write-ahead log"),
     "store_errors": ("counter", "Failed writes to the stores"),
+    # the sidecar's intake (trifle-otel serve)
+    "queued_spans": ("gauge", "Spans taken and waiting for the pipeline's worker"),
+    "retry_executions": ("gauge", "Finished executions waiting to be written again (the stores refused)"),
+    "retained_spans": ("gauge", "Spans of written executions kept in memory for late spans"),
+    "running_records": ("counter", "Running records written (jobs whose root span has not arrived)"),
+    "duplicate_spans": ("counter", "Spans received twice (a retried export), dropped"),
+    "evicted_spans": ("counter", "Spans of running jobs let go from memory at the max_pending_spans bound"),
+    "executions_finished_early": ("counter", "Executions written before their grace was over, at the max_pending_spans bound"),
+    "late_dropped_spans": ("counter", "Late spans of executions no longer in memory, dropped"),
+    "truncated_spans": ("counter", "Spans past the per-execution limit, left out"),
+    "checkpoints": ("counter", "Checkpoints done (stats written, the write-ahead log trimmed)"),
+    "checkpoint_failures": ("counter", "Checkpoints abandoned because a store refused"),
+    "stats_tracks": ("counter", "Stats tracks made by rules and the default execution stat"),
+    "processor_errors": ("counter", "Spans or executions the pipeline failed on (see the log)"),
+    "requests_refused_wal_full": ("counter", "Requests refused: the write-ahead log was full"),
+    "requests_refused_overloaded": ("counter", "Requests refused: the queue to the worker was full"),
+    "requests_refused_stores_unavailable": ("counter", "Requests refused: the stores did not take writes"),
+    "requests_refused_shutting_down": ("counter", "Requests refused while shutting down"),
+    "requests_refused_wal_failed": ("counter", "Requests refused: the write-ahead log could not be written"),
 }
 
 _RECORD_MAGIC = b"OTLP1 "
@@ -118,9 +137,25 @@ class Intake(Protocol):
         """``None`` while batches are accepted, else why they are refused (GET /health)."""
         ...
 
+    # Optional: ``admit(size: int) -> Admission | None``, asked before a request is read and
+    # decoded (``size``: its body as received, 0 when not known); a refusal from it is
+    # answered at once (see ``early_refusal``).  It must not block: on HTTP it runs on the
+    # event loop.
+
     def metrics(self) -> Mapping[str, float]:
         """Current values for /metrics, by the names in ``INTAKE_METRICS``."""
         ...
+
+
+def early_refusal(intake: Intake, size: int) -> Admission | None:
+    """A refusal before the request is read and decoded, when the intake can already tell
+    (its optional ``admit(size)``: ``size`` is the body's size as received, 0 when not
+    known): under overload, refused requests then cost no decoding."""
+    admit = getattr(intake, "admit", None)
+    if admit is None:
+        return None
+    admission = admit(size)
+    return admission if admission is not None and not admission.accepted else None
 
 
 def media_type(header: str | None) -> str:

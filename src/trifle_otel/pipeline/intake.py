@@ -61,6 +61,13 @@ class Intake:
             self.wake.set()
         return len(items)
 
+    def put_many(self, items: Sequence[Any]) -> None:
+        """Append all of them, past the bound: for an ingest path that reserved the room
+        before it acknowledged them (the sidecar), which must never drop."""
+        self.queue.extend(items)
+        if len(self.queue) >= self.wake_at:
+            self.wake.set()
+
     def take(self) -> tuple[list[Any], list[Any]]:
         """(ended, started): everything queued now, oldest first (worker only).
 

@@ -14,19 +14,22 @@ cycle's documents in a few store calls.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
+import sys
 import threading
 import time
 import weakref
 from collections import deque
 from dataclasses import asdict
-from typing import Any, Callable, Sequence
+from datetime import datetime, timezone
+from typing import Any, Callable, Protocol, Sequence
 
 from .. import lifecycle
 from ..assembly import Assembler
 from ..config import Config
-from ..model import Execution, Span
+from ..model import Execution, Span, reference_for
 from ..sinks import TraceSink, encode_parts
 from ..stats.sink import ExecutionStats
 from ..stores import check_urls, open_data, open_index
@@ -34,6 +37,8 @@ from ..translate import Document, Translator
 from .counters import PipelineCounters
 from .intake import Intake
 from .live import LiveRecords
+from .open_assembly import LateExecution, OpenAssembler
+from .running import RunningRecords
 from .store import StoreStage
 from .spill import Spill
 from .writer import DocumentWriter
@@ -42,6 +47,7 @@ logger = logging.getLogger("trifle_otel")
 
 POLL_INTERVAL = 0.1  # seconds the worker sleeps when nothing wakes it (new live roots, grace)
 FLUSH_RETRY = 2.0  # seconds a flush tries again while the stores refuse
+PURGE_INTERVAL = 600.0  # seconds between removals of expired executions (durable path)
 
 _pipelines: "weakref.WeakSet[Pipeline]" = weakref.WeakSet()
 # Store connections a forked child inherited: kept referenced, never closed or used there
@@ -73,6 +79,22 @@ class _FlushRequest:
         return self._event.wait(timeout) and self.ok
 
 
+class Durability(Protocol):
+    """What makes the pipeline's input durable (the sidecar's write-ahead log), as the
+    worker sees it.  With one, the worker writes stats only in checkpoints: ``cut`` takes
+    everything received up to a point in the log, the worker writes every execution
+    finished by then, and ``commit`` carries the spans still open forward and writes the
+    stats together with the checkpoint's mark, after which the log before the cut goes."""
+
+    def due(self) -> bool: ...
+
+    def cut(self, intake: Intake) -> tuple[list[Any], list[Any]]: ...
+
+    def commit(self, carried: list[Span], stats: ExecutionStats) -> bool: ...
+
+    def abandon(self, reason: str) -> None: ...
+
+
 class Pipeline:
     def __init__(
         self,
@@ -83,9 +105,17 @@ class Pipeline:
         sink_factory: Callable[[], TraceSink] | None = None,
         stats: ExecutionStats | None = None,
         wake_at: int = 2048,
+        open_ended: bool = False,
+        durability: Durability | None = None,
     ) -> None:
+        """``open_ended``: spans come with no end signal (OTLP): assembled by
+        :class:`OpenAssembler`, running records from what has arrived.  ``durability``: the
+        input is durable elsewhere (the write-ahead log): the worker writes documents itself
+        and stats only in the log's checkpoints, and nothing is spilled (the log holds it)."""
         self.config = config
         self._wake_at = wake_at
+        self._open_ended = open_ended
+        self._durability = durability
         self._convert = convert
         self._starts = starts  # reads spans the processor saw start (ingest/sdk.SDKStarts)
         self._sink_factory = sink_factory or self._default_sink
@@ -160,22 +190,38 @@ class Pipeline:
         c = self.config
         self.intake = Intake(c.queue_size, self._wake_at)
         self.counters = PipelineCounters()
-        self.assembler = Assembler(grace=c.grace)
-        self.live = LiveRecords(c.live_interval, self._convert, getattr(self._starts, "key", None)) if c.live else None
+        self.assembler: Any
+        self.live: Any
+        if self._open_ended:
+            self.assembler = OpenAssembler(
+                grace=c.sidecar_grace, trace_timeout=c.trace_timeout, max_pending_spans=c.max_pending_spans,
+                refresh=c.live_interval, release_after=c.stuck_after,
+            )
+            self.live = RunningRecords(self._open_sink) if c.live else None
+        else:
+            self.assembler = Assembler(grace=c.grace)
+            self.live = LiveRecords(c.live_interval, self._convert, getattr(self._starts, "key", None)) if c.live else None
         self._flush_requests: deque[_FlushRequest] = deque()
         self.spill = Spill(
             c.resolved_spill_dir(),
             c.spill_max_bytes,
             (c.resolved_index_url(), c.resolved_data_url(), c.resolved_stats_url(), c.stats_mode),
         )
-        self.writer = DocumentWriter(self._open_sink, self.spill, c.retry_buffer, self.counters, interval=c.flush_interval)
-        self.store = StoreStage(
+        # With a durable input nothing is spilled: documents wait in memory (the sidecar stops
+        # taking requests past ``retry_buffer`` of them) and the log keeps their spans.
+        retry_limit = sys.maxsize if self._durability is not None else c.retry_buffer
+        self.writer = DocumentWriter(self._open_sink, self.spill, retry_limit, self.counters, interval=c.flush_interval)
+        # With a durable input the worker writes itself: a checkpoint needs its writes done
+        # and the stats written with its mark, so no other thread may flush them.
+        self.store = None if self._durability is not None else StoreStage(
             self.writer, self.execution_stats, self.spill, self._open_sink, lambda: self._sink, self.counters,
             replay_batch=c.retry_buffer,
         )
+        self._next_purge = 0.0
 
     def _start_worker(self) -> None:
-        self.store.start()
+        if self.store is not None:
+            self.store.start()
         self._thread = threading.Thread(target=self._run, name="trifle-otel-worker", daemon=True)
         self._thread.start()
 
@@ -219,25 +265,79 @@ class Pipeline:
             for request in flushes:
                 request.done(ok)
             if stopping:
+                if self.store is None:
+                    self._close()
                 while self._flush_requests:
                     self._flush_requests.popleft().done(False)
                 return
 
     def _cycle(self, *, flush: bool = False, final: bool = False) -> bool:
         """One round; True (for a flush) when everything is in the stores."""
+        if self._durability is not None:
+            return self._durable_cycle(flush=flush, final=final)
         self._assemble(self.intake.take())
         now_ns = time.time_ns()
         finished, ignored = self._finish(self.assembler.collect(ignore_grace=flush, final=final), now_ns)
         live = self._live_documents(now_ns, ignored) if self.live is not None and not final else []
         self.store.hand(finished, live, ignored)
         if flush or final:
-            return self.store.sync(final=final)
+            return self.store.sync(final=final)  # type: ignore[union-attr]
         return True
+
+    def _durable_cycle(self, *, flush: bool, final: bool) -> bool:
+        """One round with a durable input (the sidecar).  Stats are written only by a
+        checkpoint, with its mark, so that replaying the log after a crash counts each
+        execution once; a checkpoint needs every finished execution in the stores first."""
+        durability = self._durability
+        assert durability is not None
+        checkpoint = flush or final or durability.due()
+        self._assemble(durability.cut(self.intake) if checkpoint else self.intake.take())
+        now_ns = time.time_ns()
+        finished, ignored = self._finish(self.assembler.collect(ignore_grace=flush or final, final=final), now_ns)
+        live = self._running_documents(now_ns, ignored)
+        writer = self.writer
+        for doc in ignored:
+            writer.discard(self._sink, doc)
+        if finished or live or writer.queued or writer.queued_live or (writer.retry and (checkpoint or not writer.backing_off)):
+            failures = self.counters.write_errors
+            writer.write(finished, live, force=checkpoint)
+            if self.counters.write_errors != failures:
+                # A failed store call leaves reference cycles (the client library's
+                # exceptions and retries): free them while they are young, or a long outage
+                # grows memory with every retry until a full collection comes.
+                gc.collect(1)
+        if not final:
+            self._purge_expired()
+        if not checkpoint:
+            return False
+        if writer.waiting:
+            durability.abandon(f"stores unavailable: {writer.last_error or 'executions wait for retry'}")
+            return False
+        return durability.commit(self.assembler.carry(), self.execution_stats)
+
+    def _running_documents(self, now_ns: int, ignored: list[Document]) -> list[Document]:
+        """Open-ended assembly: the running snapshots it made (checked against the index
+        once each), and the running records that stood for no execution removed."""
+        if self.live is None:  # (live: false) no running records
+            self.assembler.running()
+            self.assembler.retracted()
+            return []
+        docs = self._live_documents(now_ns, ignored)
+        for trace_id, root_id in self.assembler.retracted():
+            self.writer.retract(self._sink, reference_for(trace_id, root_id))
+        return docs
 
     def _assemble(self, taken: tuple[list[Any], list[Any]]) -> None:
         """Intake items into the assembler: starts first (live mode), then ended spans."""
         ended, started = taken
         assembler = self.assembler
+        if self._open_ended:  # (OTLP: spans only, taken in one call)
+            try:
+                assembler.add_many(ended)
+            except Exception:
+                self.counters.processor_errors += 1
+                logger.exception("cannot take %d spans", len(ended))
+            return
         add = assembler.add
         convert = self._convert
         live = self.live
@@ -316,7 +416,48 @@ class Pipeline:
     def _observe_stats(self, execution: Execution, doc: Document) -> None:
         if self.execution_stats.enabled:
             try:
-                self.execution_stats.observe(execution, doc)
+                if type(execution) is LateExecution:
+                    _observe_late(self.execution_stats, execution, doc)
+                else:
+                    self.execution_stats.observe(execution, doc)
             except Exception:
                 self.counters.processor_errors += 1
                 logger.exception("stats rules failed on execution %s", doc.reference)
+
+    # -- the durable (sidecar) path writes on the worker thread --------------------------
+
+    def _purge_expired(self) -> None:
+        """Every ten minutes, remove executions past their retention (embedded store)."""
+        now = time.monotonic()
+        if now < self._next_purge or self._sink is None or self.writer.retry:
+            return
+        self._next_purge = now + PURGE_INTERVAL
+        try:
+            self.counters.executions_expired += self._sink.purge_expired(datetime.now(timezone.utc))
+        except Exception as exc:
+            logger.warning("trifle-otel cannot remove expired executions: %s", exc)
+
+    def _close(self) -> None:
+        # Stats are written by checkpoints only: what is left, the log replays next start.
+        driver = self.execution_stats.buffer.driver
+        sink = self._sink
+        for closable in (driver, *((sink.index, sink.data) if sink is not None else ())):
+            if closable is not None:
+                try:
+                    closable.close()
+                except Exception:
+                    pass
+
+
+def _observe_late(stats: ExecutionStats, execution: LateExecution, doc: Document) -> None:
+    """An execution written again with late spans: the rules see the late spans only (the
+    others were tracked the first time), and the default execution stat is not tracked
+    again (it counts executions, and this one was counted)."""
+    if not stats.rules:
+        return
+    record = doc.record
+    ctx = {"state": "ignored" if doc.ignored else record["state"], "key": record["key"]}
+    tracks: list = []
+    for span in execution.late:
+        stats.rules.collect(span, ctx, tracks)
+    stats.buffer.track_many(tracks)

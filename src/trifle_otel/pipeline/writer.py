@@ -52,6 +52,8 @@ class DocumentWriter:
         self.retry_at = 0.0
         self._backoff = 0.5
         self._last_error_log = 0.0
+        self.last_error = ""  # why the last write failed ("" once one succeeds)
+        self.in_flight = 0  # finished documents in the store call under way (read by other threads)
 
     @property
     def backing_off(self) -> bool:
@@ -59,8 +61,8 @@ class DocumentWriter:
 
     @property
     def waiting(self) -> int:
-        """Documents not in the stores yet (queued or waiting for retry)."""
-        return len(self.queued) + len(self.retry)
+        """Documents not in the stores yet (queued, being written, or waiting for retry)."""
+        return len(self.queued) + len(self.retry) + self.in_flight
 
     def queue(self, finished: list[Document], live: list[Document]) -> None:
         """Queue a cycle's documents, in cycle order: an execution's finished document
@@ -94,14 +96,22 @@ class DocumentWriter:
             return
         if not finished and not live:
             return
+        self.in_flight = len(finished)
         try:
             failed = self.open_sink().write(finished + live)
         except Exception as exc:
             self._failed(exc)
             self._keep(finished)
+            # Its traceback holds the store call's frames (and, from a concurrent store, every
+            # failed request's): a cycle the garbage collector would free late.  Drop it now:
+            # a long outage retries many times.
+            exc.__traceback__ = None
             return
+        finally:
+            self.in_flight = 0
         self._backoff = 0.5
         self.retry_at = 0.0
+        self.last_error = ""
         failed_refs = {d.reference for d in failed}
         ok_finished = [d for d in finished if d.reference not in failed_refs]
         self.counters.executions_written += len(ok_finished)
@@ -111,6 +121,7 @@ class DocumentWriter:
                 self.live_written.add(doc.reference)
         if failed_refs:
             self.counters.write_errors += 1
+            self.last_error = "the data store refused some executions' data"
             self._keep([d for d in finished if d.reference in failed_refs])
 
     def _keep(self, documents: list[Document]) -> None:
@@ -128,6 +139,7 @@ class DocumentWriter:
 
     def _failed(self, exc: Exception) -> None:
         self.counters.write_errors += 1
+        self.last_error = str(exc) if isinstance(exc, TrifleError) else repr(exc)
         now = time.monotonic()
         self.retry_at = now + self._backoff
         self._backoff = min(self._backoff * 2, MAX_BACKOFF)
@@ -158,6 +170,13 @@ class DocumentWriter:
         except Exception:
             self.counters.write_errors += 1
             logger.debug("cannot discard ignored execution %s", doc.reference, exc_info=True)
+
+    def retract(self, sink: TraceSink | None, reference: str) -> None:
+        """Remove a running record that turned out to stand for no execution (the sidecar
+        made it under a step's id before the step showed the real root)."""
+        self.queued_live.pop(reference, None)
+        stub = Document({"reference": reference, "key": "_", "retention": 0}, [], [])
+        self.discard(sink, stub)
 
     def take_all(self) -> list[Document]:
         """What still waits (at shutdown, to spill)."""
