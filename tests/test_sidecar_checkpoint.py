@@ -133,7 +133,7 @@ def test_a_checkpoint_writes_stats_with_its_mark_then_trims_the_log(tmp_path, st
     queue = Intake(1000, 10)
     wal.append(sdk_records[0])
     queue.put_many(["a", "b"])
-    assert checkpointer.cut(queue) == ["a", "b"] and len(queue) == 0
+    assert checkpointer.cut(queue) == (["a", "b"], []) and len(queue) == 0
     wal.append(sdk_records[1])  # after the cut: a segment of its own
     execution_stats.buffer.track("jobs/x", time.time(), {"count": 1})
     assert checkpointer.commit(_Spans("still open").spans, execution_stats)
