@@ -62,6 +62,8 @@ class Serve:
             cmd += ["--grpc", "127.0.0.1:0"]
         if "--http" not in self.args:
             cmd += ["--http", "127.0.0.1:0"]
+        if "--ui" not in self.args:
+            cmd += ["--ui", "off"]  # (4320 is the default: tests bind free ports only)
         return cmd + self.args
 
     def start(self, timeout: float = 60) -> "Serve":

@@ -390,3 +390,36 @@ def test_a_nodejs_job_becomes_one_execution_with_nested_lines_tags_and_stats(ser
     assert sidecar.stat("billing/invoices/customer/acme") == 1
     assert sidecar.stat("billing/invoices/customer/acme", "total") == 129.5
     assert sidecar.stat("billing/emails", "failed.error") == 1
+
+
+def test_serve_also_serves_the_web_ui(serve):
+    import re
+    import urllib.request
+
+    sidecar = serve("--ui", "127.0.0.1:0")
+    (url,) = re.findall(r"web UI on (http://127\.0\.0\.1:\d+)/", "".join(sidecar.out))
+    code, _, _ = sidecar.post(SPEC_EXAMPLE_JSON, JSON)
+    assert code == 200
+    (record,) = sidecar.wait_records(1)
+    with urllib.request.urlopen(f"{url}/api/executions", timeout=30) as response:
+        listed = orjson.loads(response.read())
+    assert [r["reference"] for r in listed["records"]] == [record["reference"]]
+    with urllib.request.urlopen(f"{url}/executions/{record['reference']}", timeout=30) as response:
+        page = response.read().decode()
+    assert "I&#39;m a server span" in page or "I'm a server span" in page
+    assert sidecar.stop() == 0
+
+
+def test_serve_refuses_a_ui_port_in_use_in_one_line(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [TRIFLE, "serve", "--home", str(tmp_path / "home"), "--grpc", "off", "--http", "127.0.0.1:0",
+             "--ui", f"127.0.0.1:{port}"],
+            capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+        )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr

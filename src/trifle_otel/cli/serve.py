@@ -32,13 +32,27 @@ def _listen(ctx: click.Context, param: click.Parameter, value: str | None) -> st
     return value
 
 
+def _ui_listen(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is None or value.strip().lower() == "off":
+        return None if value is None else "off"
+    from ..ui.server import parse_listen as parse_ui_listen
+
+    try:
+        parse_ui_listen(value)
+    except ConfigError:
+        raise click.BadParameter(f"{value!r} is not HOST:PORT (such as 127.0.0.1:4320) or off")
+    return value
+
+
 @click.command()
 @click.option("--grpc", "grpc_listen", metavar="HOST:PORT|off", callback=_listen,
               help="OTLP/gRPC address (receivers.grpc, default 127.0.0.1:4317).")
 @click.option("--http", "http_listen", metavar="HOST:PORT|off", callback=_listen,
               help="OTLP/HTTP address, with /health and /metrics (receivers.http, default 127.0.0.1:4318).")
+@click.option("--ui", "ui_listen", metavar="HOST:PORT|off", callback=_ui_listen,
+              help="Web UI address (ui.listen, default 127.0.0.1:4320).")
 @config_options
-def serve(config: Config, grpc_listen: str | None, http_listen: str | None) -> None:
+def serve(config: Config, grpc_listen: str | None, http_listen: str | None, ui_listen: str | None) -> None:
     """Receive OTLP traces from apps in any language (or an OTel Collector) and write
     executions and stats, like the in-process processor.
 
@@ -48,7 +62,8 @@ def serve(config: Config, grpc_listen: str | None, http_listen: str | None) -> N
     """
     from ..sidecar import Sidecar
 
-    overrides = {k: v for k, v in (("grpc_listen", grpc_listen), ("http_listen", http_listen)) if v is not None}
+    overrides = {k: v for k, v in (("grpc_listen", grpc_listen), ("http_listen", http_listen), ("ui_listen", ui_listen))
+                 if v is not None}
     if overrides:
         config = dataclasses.replace(config, **overrides).validate()
     _log_to_stderr()
@@ -78,6 +93,8 @@ def serve(config: Config, grpc_listen: str | None, http_listen: str | None) -> N
         if endpoints.http:
             listening.append(f"OTLP/HTTP on {endpoints.http}/v1/traces (health {endpoints.http}/health, "
                              f"metrics {endpoints.http}/metrics)")
+        if endpoints.ui:
+            listening.append(f"web UI on {endpoints.ui}/")
         console.print("trifle-otel serve: " + "; ".join(listening), soft_wrap=True)
         console.print(
             f"Writing traces to {redact(config.resolved_index_url())} and {redact(config.resolved_data_url())}, "

@@ -8,7 +8,7 @@ order: the receivers stop taking requests (those in progress finish), the pipeli
 settles everything it holds (finished executions written, running ones carried forward
 by a last checkpoint), the log is closed.
 
-A web UI served by the same process will be one more entry in :attr:`Sidecar.servers`
+The web UI, served by the same process, is one more entry in :attr:`Sidecar.servers`
 (anything with ``start()``/``stop()``), started after the receivers.
 """
 
@@ -44,6 +44,7 @@ class Server(Protocol):
 class Endpoints:
     grpc: str | None = None  # host:port
     http: str | None = None  # http://host:port
+    ui: str | None = None  # http://host:port
 
 
 class Sidecar:
@@ -53,6 +54,8 @@ class Sidecar:
         self.http_address = config.http_address()
         if self.grpc_address is None and self.http_address is None:
             raise ConfigError("both receivers are off: give --grpc HOST:PORT or --http HOST:PORT (receivers.grpc / receivers.http)")
+        ui = (config.ui_listen or "off").strip()
+        self.ui_listen = None if ui.lower() == "off" else ui  # the web UI, served by this process too
         self.wal_dir = config.home_path / "wal"
         self.servers: list[Server] = []
         self.endpoints = Endpoints()
@@ -95,6 +98,12 @@ class Sidecar:
         for address, what in ((self.grpc_address, "OTLP/gRPC"), (self.http_address, "OTLP/HTTP")):
             if address is not None and address[1] != 0:
                 listen_socket(address[0], address[1], what).close()
+        if self.ui_listen is not None:
+            from ..ui.server import bind, parse_listen
+
+            host, port = parse_listen(self.ui_listen)
+            if port != 0:
+                bind(host, port).close()
 
     def _read_mark(self, ident: str) -> int | None:
         try:
@@ -135,6 +144,13 @@ class Sidecar:
             http_server.start()
             self.servers.append(http_server)
             self.endpoints.http = http_server.url
+        if self.ui_listen is not None:
+            from ..ui.app import create_app
+            from ..ui.server import BackgroundServer
+
+            ui_server = BackgroundServer(create_app(config, listen=self.ui_listen), self.ui_listen)
+            self.servers.append(ui_server.start())
+            self.endpoints.ui = ui_server.url
 
     # -- stop ----------------------------------------------------------------------------------
 
