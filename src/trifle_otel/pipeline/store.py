@@ -31,6 +31,26 @@ PURGE_INTERVAL = 600.0  # seconds between removals of expired executions
 POLL_INTERVAL = 0.2
 
 
+class ExpiredPurge:
+    """Every ten minutes, remove executions past their retention where the stores do not
+    expire them by themselves (the embedded store; MongoDB's TTL index and S3's lifecycle
+    rules do)."""
+
+    def __init__(self, counters: PipelineCounters) -> None:
+        self.counters = counters
+        self.next_at = 0.0
+
+    def run(self, sink: TraceSink | None, *, busy: bool) -> None:
+        now = time.monotonic()
+        if now < self.next_at or sink is None or busy:
+            return
+        self.next_at = now + PURGE_INTERVAL
+        try:
+            self.counters.executions_expired += sink.purge_expired(datetime.now(timezone.utc))
+        except Exception as exc:
+            logger.warning("trifle-otel cannot remove expired executions: %s", exc)
+
+
 class _Sync:
     __slots__ = ("final", "event", "ok")
 
@@ -65,7 +85,7 @@ class StoreStage:
         self._handed_count = 0
         self._syncs: deque[_Sync] = deque()
         self._wake = threading.Event()
-        self._next_purge = 0.0
+        self.purge = ExpiredPurge(counters)
         self._thread = threading.Thread(target=self._run, name="trifle-otel-store", daemon=True)
 
     def start(self) -> None:
@@ -147,16 +167,7 @@ class StoreStage:
         return not force or not self.spill.pending()  # (only a sync asks for the answer)
 
     def _purge_expired(self) -> None:
-        """Every ten minutes, remove executions past their retention (embedded store)."""
-        now = time.monotonic()
-        sink = self.current_sink()
-        if now < self._next_purge or sink is None or self.writer.retry:
-            return
-        self._next_purge = now + PURGE_INTERVAL
-        try:
-            self.counters.executions_expired += sink.purge_expired(datetime.now(timezone.utc))
-        except Exception as exc:
-            logger.warning("trifle-otel cannot remove expired executions: %s", exc)
+        self.purge.run(self.current_sink(), busy=bool(self.writer.retry))
 
     def _spill_remaining(self) -> None:
         """At shutdown, what the stores did not take goes to the spill directory."""

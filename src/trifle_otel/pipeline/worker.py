@@ -23,7 +23,6 @@ import time
 import weakref
 from collections import deque
 from dataclasses import asdict
-from datetime import datetime, timezone
 from typing import Any, Callable, Protocol, Sequence
 
 from .. import lifecycle
@@ -39,7 +38,7 @@ from .intake import Intake
 from .live import LiveRecords
 from .open_assembly import LateExecution, OpenAssembler
 from .running import RunningRecords
-from .store import StoreStage
+from .store import ExpiredPurge, StoreStage
 from .spill import Spill
 from .writer import DocumentWriter
 
@@ -47,7 +46,6 @@ logger = logging.getLogger("trifle_otel")
 
 POLL_INTERVAL = 0.1  # seconds the worker sleeps when nothing wakes it (new live roots, grace)
 FLUSH_RETRY = 2.0  # seconds a flush tries again while the stores refuse
-PURGE_INTERVAL = 600.0  # seconds between removals of expired executions (durable path)
 
 _pipelines: "weakref.WeakSet[Pipeline]" = weakref.WeakSet()
 # Store connections a forked child inherited: kept referenced, never closed or used there
@@ -217,7 +215,7 @@ class Pipeline:
             self.writer, self.execution_stats, self.spill, self._open_sink, lambda: self._sink, self.counters,
             replay_batch=c.retry_buffer,
         )
-        self._next_purge = 0.0
+        self._purge = ExpiredPurge(self.counters)
 
     def _start_worker(self) -> None:
         if self.store is not None:
@@ -307,7 +305,7 @@ class Pipeline:
                 # grows memory with every retry until a full collection comes.
                 gc.collect(1)
         if not final:
-            self._purge_expired()
+            self._purge.run(self._sink, busy=bool(writer.retry))
         if not checkpoint:
             return False
         if writer.waiting:
@@ -424,18 +422,7 @@ class Pipeline:
                 self.counters.processor_errors += 1
                 logger.exception("stats rules failed on execution %s", doc.reference)
 
-    # -- the durable (sidecar) path writes on the worker thread --------------------------
-
-    def _purge_expired(self) -> None:
-        """Every ten minutes, remove executions past their retention (embedded store)."""
-        now = time.monotonic()
-        if now < self._next_purge or self._sink is None or self.writer.retry:
-            return
-        self._next_purge = now + PURGE_INTERVAL
-        try:
-            self.counters.executions_expired += self._sink.purge_expired(datetime.now(timezone.utc))
-        except Exception as exc:
-            logger.warning("trifle-otel cannot remove expired executions: %s", exc)
+    # -- the durable (sidecar) path writes on the worker thread ----------------------------
 
     def _close(self) -> None:
         # Stats are written by checkpoints only: what is left, the log replays next start.
