@@ -265,6 +265,8 @@ class Pipeline:
             if stopping:
                 if self.store is None:
                     self._close()
+                elif self.store.alive:  # the last cycle failed before its final sync
+                    self.store.sync(final=True, timeout=60)
                 while self._flush_requests:
                     self._flush_requests.popleft().done(False)
                 return
