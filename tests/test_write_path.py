@@ -302,3 +302,92 @@ def test_a_finished_document_is_never_overwritten_by_its_older_running_record(tm
     writer.write([], [], force=True)
     [record] = all_records(config)
     assert record["state"] == "success"
+
+
+def test_a_lone_surrogate_in_span_data_is_stored_and_leaves_no_lock(tmp_path):
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(
+        "rules:\n  - name: by customer\n    where: [name == \"job\"]\n"
+        "    keys: ['c/{attributes[\"customer.id\"]}']\n    values: {count: 1}\n"
+    )
+    config = Config(home=str(tmp_path / "home"), stats_rules=str(rules), tag_attributes=["customer.id"], live=False)
+    processor = TrifleSpanProcessor(config)
+    provider, tracer = tracer_for(processor)
+    for customer in ("bad\ud800", "good"):
+        with tracer.start_as_current_span("job", attributes={"trifle.key": f"jobs/{customer}", "customer.id": customer}):
+            pass
+    assert processor.force_flush()
+    stats = processor.stats()
+    provider.shutdown()
+    assert stats["write_errors"] == 0 and stats["stats_write_errors"] == 0
+    keys = sorted(r["key"] for r in all_records(config))
+    assert keys == ["jobs/bad\ufffd", "jobs/good"]
+    db = sqlite3.connect(tmp_path / "home" / "stats.db")
+    rows = {k for (k,) in db.execute("SELECT key FROM trifle_stats WHERE key LIKE 'c/%::1h::%'")}
+    assert {k.split("::")[0] for k in rows} == {"c/bad\ufffd", "c/good"}
+    db.execute("BEGIN IMMEDIATE")  # no writer left its lock behind
+    db.execute("COMMIT")
+
+
+EXIT_WITH_S3 = textwrap.dedent(
+    """
+    import sys
+    from opentelemetry.sdk.trace import TracerProvider
+    from trifle_otel import TrifleSpanProcessor
+    from trifle_otel.config import Config
+
+    processor = TrifleSpanProcessor(Config(home=sys.argv[1], data_url="s3://exit-puts/traces", live=False))
+    provider = TracerProvider(shutdown_on_exit=False)
+    provider.add_span_processor(processor)
+    tracer = provider.get_tracer("t")
+    for i in range(3):
+        with tracer.start_as_current_span(f"job {i}", attributes={"trifle.key": "jobs/at-exit"}):
+            with tracer.start_as_current_span("step", attributes={"trifle.result": "r"}):
+                pass
+    # no flush, no shutdown: the bridge writes at exit
+    """
+)
+
+
+@pytest.mark.s3
+def test_executions_still_held_at_exit_are_written_to_s3_not_spilled(tmp_path, s3_env):
+    boto3.client("s3").create_bucket(Bucket="exit-puts")
+    script = tmp_path / "exit.py"
+    script.write_text(EXIT_WITH_S3)
+    home = tmp_path / "home"
+    result = subprocess.run([sys.executable, str(script), str(home)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert not list((home / "spill").glob("spill-*"))
+    config = Config(home=str(home), data_url="s3://exit-puts/traces")
+    records = all_records(config)
+    assert len(records) == 3
+    data = open_data(config.resolved_data_url(), config)
+    assert all("↳ r" in [l["message"] for l in load_lines(data, r)] for r in records)
+
+
+def test_the_running_record_of_an_ignored_execution_is_removed_once_the_store_takes_it(tmp_path):
+    from trifle_otel.model import Execution
+    from trifle_otel.pipeline.counters import PipelineCounters
+    from trifle_otel.pipeline.spill import Spill
+    from trifle_otel.pipeline.writer import DocumentWriter
+    from trifle_otel.sinks import TraceSink
+    from trifle_otel.translate import Translator
+    from conftest import make_span
+
+    config = Config(home=str(tmp_path / "home"))
+    sink = TraceSink(open_index(config.resolved_index_url()), open_data(config.resolved_data_url(), config))
+    writer = DocumentWriter(lambda: sink, Spill(tmp_path / "spill", 1 << 20), 100, PipelineCounters())
+    translator = Translator(config)
+    running = make_span("jobs/maybe", 0, None)
+    writer.write([], [translator.translate(Execution(running), now_ns=running.start_ns + 1)], force=True)
+    assert [r["state"] for r in all_records(config)] == ["running"]
+    real_discard = sink.discard
+    sink.discard = lambda documents: (_ for _ in ()).throw(OSError("store down"))
+    ignored = make_span("jobs/maybe", 0, 5, trace_id=running.trace_id, span_id=running.span_id,
+                        attributes={"trifle.ignore": True})
+    writer.discard(sink, translator.translate(Execution(ignored), now_ns=ignored.end_ns))
+    assert [r["state"] for r in all_records(config)] == ["running"]  # the store refused: kept to retry
+    sink.discard = real_discard
+    other = make_span("jobs/other", 0, 5)
+    writer.write([translator.translate(Execution(other), now_ns=other.end_ns)], [], force=True)
+    assert [r["key"] for r in all_records(config)] == ["jobs/other"]

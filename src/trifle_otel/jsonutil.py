@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime
 from typing import Any
 
 import orjson
 
 _OPTIONS = orjson.OPT_NON_STR_KEYS
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _default(value: Any) -> Any:
@@ -23,7 +25,8 @@ def dumps(value: Any) -> bytes:
         return orjson.dumps(value, default=_default, option=_OPTIONS)
     except TypeError:
         # orjson refuses what the stdlib takes (integers past 64 bits): never lose a document to it.
-        return json.dumps(value, default=_stdlib_default, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        # (and strings with lone surrogates, which become U+FFFD: never a failed write)
+        return storable(json.dumps(value, default=_stdlib_default, ensure_ascii=False, separators=(",", ":"))).encode()
 
 
 def _stdlib_default(value: Any) -> Any:
@@ -37,3 +40,13 @@ def dumps_text(value: Any) -> str:
 
 
 loads = orjson.loads
+
+
+def storable(text: str) -> str:
+    """Text every store can take: a lone surrogate (a Python string built from span data
+    can hold one) becomes U+FFFD instead of failing the write."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return _SURROGATE.sub("\ufffd", text)

@@ -20,6 +20,7 @@ from typing import Any, Iterable
 from . import conventions as cv
 from .config import Config
 from .model import Event, Execution, Span
+from .jsonutil import storable
 from .paths import compile_template
 
 BEGIN = " \u21b4"  # ↴
@@ -56,7 +57,7 @@ def segments_of(key: str) -> list[str]:
 
 
 def clean_key(key: str) -> str:
-    key = re.sub(r"/+", "/", key.strip()).strip("/")
+    key = re.sub(r"/+", "/", storable(key).strip()).strip("/")
     return key[:MAX_KEY_LENGTH] or "unnamed"
 
 
@@ -140,7 +141,7 @@ class Translator:
             "reference": reference,
             "key": key,
             "segments": segments_of(key),
-            "tags": sorted(t[:MAX_TAG_LENGTH] for t in tag_set if t)[:MAX_TAGS],
+            "tags": sorted(storable(t[:MAX_TAG_LENGTH]) for t in tag_set if t)[:MAX_TAGS],
             "state": state,
             "meta": meta,
             "context": _context(root),

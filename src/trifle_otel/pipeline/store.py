@@ -84,6 +84,7 @@ class StoreStage:
         self._handed: deque[tuple[list[Document], list[Document], list[Document]]] = deque()
         self._handed_count = 0
         self._syncs: deque[_Sync] = deque()
+        self.final_requested = False
         self._wake = threading.Event()
         self.purge = ExpiredPurge(counters)
         self._thread = threading.Thread(target=self._run, name="trifle-otel-store", daemon=True)
@@ -108,8 +109,10 @@ class StoreStage:
     def sync(self, *, final: bool = False, timeout: float | None = None) -> bool:
         """Write everything handed over so far (and the stats); True when it is all in the
         stores.  ``final``: then spill what the stores did not take and close them."""
-        if not self._thread.is_alive():
+        if not self._thread.is_alive() or self.final_requested:
             return False
+        if final:
+            self.final_requested = True  # (one final round: after it the thread ends)
         request = _Sync(final)
         self._syncs.append(request)
         self._wake.set()

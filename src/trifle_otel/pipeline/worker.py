@@ -265,7 +265,7 @@ class Pipeline:
             if stopping:
                 if self.store is None:
                     self._close()
-                elif self.store.alive:  # the last cycle failed before its final sync
+                elif not self.store.final_requested:  # the last cycle failed before its final sync
                     self.store.sync(final=True, timeout=60)
                 while self._flush_requests:
                     self._flush_requests.popleft().done(False)

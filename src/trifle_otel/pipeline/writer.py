@@ -49,6 +49,7 @@ class DocumentWriter:
         self.counters = counters
         self.retry: "OrderedDict[str, Document]" = OrderedDict()
         self.live_written: set[str] = set()  # references with a running record in the store
+        self.undiscarded: dict[str, Document] = {}  # ignored executions whose running record is still there
         self.retry_at = 0.0
         self._backoff = 0.5
         self._last_error_log = 0.0
@@ -112,6 +113,8 @@ class DocumentWriter:
         self._backoff = 0.5
         self.retry_at = 0.0
         self.last_error = ""
+        if self.undiscarded:
+            self._discard_now(self.open_sink())
         failed_refs = {d.reference for d in failed}
         ok_finished = [d for d in finished if d.reference not in failed_refs]
         self.counters.executions_written += len(ok_finished)
@@ -163,13 +166,25 @@ class DocumentWriter:
         self.queued_live.pop(doc.reference, None)
         if doc.reference not in self.live_written:
             return
-        self.live_written.discard(doc.reference)
+        self.undiscarded[doc.reference] = doc
+        self._discard_now(sink)
+
+    def _discard_now(self, sink: TraceSink | None) -> None:
+        """Remove the running records of ignored executions; those the stores refused stay
+        listed and are tried again with the next write (a record left ``running`` would
+        be reported stuck for ever)."""
+        if not self.undiscarded or sink is None:
+            return
+        documents = list(self.undiscarded.values())
         try:
-            if sink is not None:
-                sink.discard([doc])
-        except Exception:
+            sink.discard(documents)
+        except Exception as exc:
             self.counters.write_errors += 1
-            logger.debug("cannot discard ignored execution %s", doc.reference, exc_info=True)
+            logger.debug("cannot discard ignored executions yet: %s", exc)
+            return
+        for doc in documents:
+            self.undiscarded.pop(doc.reference, None)
+            self.live_written.discard(doc.reference)
 
     def retract(self, sink: TraceSink | None, reference: str) -> None:
         """Remove a running record that turned out to stand for no execution (the sidecar

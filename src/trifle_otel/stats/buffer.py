@@ -185,7 +185,13 @@ class StatsBuffer:
     def track_many(self, tracks: Iterable[tuple], count: int = 1) -> None:
         """``track_flat`` for several ``(key, ts, flat values, ...)`` tracks under one lock (an
         execution's tracks at once)."""
-        items = [(t[0], _second(t[1]), t[2]) for t in tracks if t[2]]
+        items = []
+        for track in tracks:
+            if track[2]:
+                try:
+                    items.append((track[0], _second(track[1]), track[2]))
+                except ValueError:  # a time out of range: that track only is refused
+                    self.counters.dropped += 1
         if not items:
             return
         system = self.system_tracking

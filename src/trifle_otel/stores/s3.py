@@ -97,7 +97,8 @@ class S3DataStore:
     def put_many(self, items) -> list[int]:
         """Write the items concurrently; returns the indexes of those that failed (raises
         StoreError when every one did, so the caller backs off)."""
-        if len(items) <= 1 or self.concurrency == 1:
+        futures = None if len(items) <= 1 or self.concurrency == 1 else self._submit_all(items)
+        if futures is None:  # one item, no concurrency, or the interpreter is exiting
             failed, error = [], None
             for number, (key, body, bucket) in enumerate(items):
                 try:
@@ -106,10 +107,6 @@ class S3DataStore:
                     failed.append(number)
                     error = exc
         else:
-            with self._pool_lock:
-                if self._pool is None:
-                    self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="trifle-otel-s3")
-            futures = [self._pool.submit(self.put, key, body, bucket) for key, body, bucket in items]
             failed, error = [], None
             for number, future in enumerate(futures):
                 exc = future.exception()
@@ -119,6 +116,18 @@ class S3DataStore:
         if error is not None and len(failed) == len(items):
             raise error
         return failed
+
+    def _submit_all(self, items) -> list | None:
+        """The puts as futures on the pool; None when it takes no more work: at exit Python
+        stops thread pools before the last flush runs, which then writes one put at a time."""
+        try:
+            with self._pool_lock:
+                if self._pool is None:
+                    self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="trifle-otel-s3")
+                pool = self._pool
+            return [pool.submit(self.put, key, body, bucket) for key, body, bucket in items]
+        except RuntimeError:  # "cannot schedule new futures after (interpreter) shutdown"
+            return None
 
     def get(self, key: str, bucket: str | None = None) -> bytes | None:
         bucket = bucket or self.bucket_name

@@ -82,10 +82,14 @@ class SQLiteDataStore:
                 c.execute("BEGIN IMMEDIATE")
                 execute_rows(c, "INSERT OR REPLACE INTO trifle_data (path, codec, body) VALUES {}", rows, 3)
                 c.execute("COMMIT")
-            except sqlite3.Error as exc:
+            except BaseException as exc:
+                # Whatever failed (an SQLite error, a string SQLite cannot take), the
+                # transaction ends here: a lock left held would stop every other writer.
                 if c.in_transaction:
                     c.execute("ROLLBACK")
-                raise StoreError(f"cannot write trace data to {self.path}: {exc}") from None
+                if isinstance(exc, sqlite3.Error):
+                    raise StoreError(f"cannot write trace data to {self.path}: {exc}") from None
+                raise
         return []
 
     def get(self, path: str, bucket: str | None = None) -> bytes | None:

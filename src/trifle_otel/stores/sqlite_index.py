@@ -142,19 +142,30 @@ class SQLiteTraceIndex:
                 execute_rows(c, "INSERT OR IGNORE INTO trifle_traces_segments VALUES {}", segments, 3)
                 execute_rows(c, "INSERT OR IGNORE INTO trifle_traces_tags VALUES {}", tags, 3)
                 c.execute("COMMIT")
-            except sqlite3.Error as exc:
+            except BaseException as exc:
+                # Whatever failed (an SQLite error, a string SQLite cannot take), the
+                # transaction ends here: a lock left held would stop every other writer.
                 if c.in_transaction:
                     c.execute("ROLLBACK")
-                raise StoreError(f"cannot write to the trace index {self.path}: {exc}") from None
+                if isinstance(exc, sqlite3.Error):
+                    raise StoreError(f"cannot write to the trace index {self.path}: {exc}") from None
+                raise
 
     def delete(self, references: Sequence[str]) -> None:
-        refs = [(r,) for r in references]
+        refs = list(references)
         with self._lock:
             c = self._conn
-            c.execute("BEGIN")
-            for table in ("trifle_traces", "trifle_traces_segments", "trifle_traces_tags"):
-                c.executemany(f"DELETE FROM {table} WHERE reference = ?", refs)
-            c.execute("COMMIT")
+            try:
+                c.execute("BEGIN IMMEDIATE")
+                for table in ("trifle_traces", "trifle_traces_segments", "trifle_traces_tags"):
+                    execute_rows(c, f"DELETE FROM {table} WHERE reference IN ({{}})", refs, 1, group=False)
+                c.execute("COMMIT")
+            except BaseException as exc:
+                if c.in_transaction:
+                    c.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.Error):
+                    raise StoreError(f"cannot delete from the trace index {self.path}: {exc}") from None
+                raise
 
     def expired(self, before: datetime, limit: int = 1000) -> list[dict[str, Any]]:
         """Records whose ``expires_at`` has passed (SQLite has no TTL index: the worker purges)."""

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ...errors import ConfigError, StoreError
-from ...jsonutil import dumps_text, loads
+from ...jsonutil import dumps_text, loads, storable
 from ...stores.sqlite_index import connect_sqlite, execute_rows
 from ..identifier import check_mode
 from ..values import add_path, read_data
@@ -64,6 +64,7 @@ class SQLiteStatsDriver:
         return [f"{kind} {name}" for kind, name in rows]
 
     def _ident(self, key: str, granularity: str, at: int) -> tuple[Any, ...]:
+        key = storable(key)
         if self.mode == "full":
             return (f"{key}::{granularity}::{at}",)
         if self.mode == "partial":
@@ -101,10 +102,14 @@ class SQLiteStatsDriver:
                     width + 1,
                 )
                 c.execute("COMMIT")
-            except sqlite3.Error as exc:
+            except BaseException as exc:
+                # Whatever failed (an SQLite error, a string SQLite cannot take), the
+                # transaction ends here: a lock left held would stop every other writer.
                 if c.in_transaction:
                     c.execute("ROLLBACK")
-                raise StoreError(f"cannot write stats to {self.path}: {exc}") from None
+                if isinstance(exc, sqlite3.Error):
+                    raise StoreError(f"cannot write stats to {self.path}: {exc}") from None
+                raise
 
     def _read(self, idents: Sequence[tuple[Any, ...]]) -> dict[tuple[Any, ...], Any]:
         """The stored ``data`` of these rows as written (flat keys kept), in one aggregate
