@@ -20,7 +20,7 @@ from typing import Sequence
 from ..errors import StoreError
 from .directory import DirectoryDataStore
 from .layout import DEFAULT_PREFIX
-from .sqlite_index import connect_sqlite, execute_rows
+from .sqlite_index import connect_sqlite, execute_rows, write_transaction
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS trifle_data (
@@ -76,20 +76,8 @@ class SQLiteDataStore:
                 rows.extend((path, 1, zlib.compress(body, 1)))
             else:
                 rows.extend((path, 0, body))
-        with self._lock:
-            c = self._writable()
-            try:
-                c.execute("BEGIN IMMEDIATE")
-                execute_rows(c, "INSERT OR REPLACE INTO trifle_data (path, codec, body) VALUES {}", rows, 3)
-                c.execute("COMMIT")
-            except BaseException as exc:
-                # Whatever failed (an SQLite error, a string SQLite cannot take), the
-                # transaction ends here: a lock left held would stop every other writer.
-                if c.in_transaction:
-                    c.execute("ROLLBACK")
-                if isinstance(exc, sqlite3.Error):
-                    raise StoreError(f"cannot write trace data to {self.path}: {exc}") from None
-                raise
+        with self._lock, write_transaction(self._writable(), f"cannot write trace data to {self.path}") as c:
+            execute_rows(c, "INSERT OR REPLACE INTO trifle_data (path, codec, body) VALUES {}", rows, 3)
         return []
 
     def get(self, path: str, bucket: str | None = None) -> bytes | None:

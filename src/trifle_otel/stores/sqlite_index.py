@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from ..errors import StoreError
 from ..jsonutil import dumps_text, loads
@@ -77,6 +78,23 @@ def connect_sqlite(path: Path, what: str) -> sqlite3.Connection:
         ) from None
 
 
+@contextmanager
+def write_transaction(conn: sqlite3.Connection, failure: str) -> Iterator[sqlite3.Connection]:
+    """``BEGIN IMMEDIATE`` … ``COMMIT``.  Whatever fails inside (an SQLite error, a string
+    SQLite cannot take) rolls back: a write lock left held would stop every other writer.
+    SQLite's errors become ``StoreError("<failure>: <why>")``."""
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        yield conn
+        conn.execute("COMMIT")
+    except BaseException as exc:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        if isinstance(exc, sqlite3.Error):
+            raise StoreError(f"{failure}: {exc}") from None
+        raise
+
+
 def execute_rows(conn: sqlite3.Connection, sql: str, flat: list[Any], width: int, *, group: bool = True) -> None:
     """Run ``sql`` with its ``{}`` filled by as many rows of ``width`` parameters as one
     statement takes (SQLite's bound-parameter limit), so a batch is a few calls, not one a row."""
@@ -128,44 +146,22 @@ class SQLiteTraceIndex:
                 segments.extend((s, first_at, reference))
             for t in r["tags"]:
                 tags.extend((t, first_at, reference))
-        with self._lock:
-            c = self._conn
-            try:
-                c.execute("BEGIN IMMEDIATE")
-                execute_rows(c, "INSERT INTO trifle_traces (reference, key, state, first_at, last_at, duration, expires_at,"
-                      " trace_id, record) VALUES {} ON CONFLICT(reference) DO UPDATE SET"
-                      " key=excluded.key, state=excluded.state, first_at=excluded.first_at,"
-                      " last_at=excluded.last_at, duration=excluded.duration, expires_at=excluded.expires_at,"
-                      " trace_id=excluded.trace_id, record=excluded.record", rows, 9)
-                for table in ("trifle_traces_segments", "trifle_traces_tags"):
-                    execute_rows(c, f"DELETE FROM {table} WHERE reference IN ({{}})", refs, 1, group=False)
-                execute_rows(c, "INSERT OR IGNORE INTO trifle_traces_segments VALUES {}", segments, 3)
-                execute_rows(c, "INSERT OR IGNORE INTO trifle_traces_tags VALUES {}", tags, 3)
-                c.execute("COMMIT")
-            except BaseException as exc:
-                # Whatever failed (an SQLite error, a string SQLite cannot take), the
-                # transaction ends here: a lock left held would stop every other writer.
-                if c.in_transaction:
-                    c.execute("ROLLBACK")
-                if isinstance(exc, sqlite3.Error):
-                    raise StoreError(f"cannot write to the trace index {self.path}: {exc}") from None
-                raise
+        with self._lock, write_transaction(self._conn, f"cannot write to the trace index {self.path}") as c:
+            execute_rows(c, "INSERT INTO trifle_traces (reference, key, state, first_at, last_at, duration, expires_at,"
+                         " trace_id, record) VALUES {} ON CONFLICT(reference) DO UPDATE SET"
+                         " key=excluded.key, state=excluded.state, first_at=excluded.first_at,"
+                         " last_at=excluded.last_at, duration=excluded.duration, expires_at=excluded.expires_at,"
+                         " trace_id=excluded.trace_id, record=excluded.record", rows, 9)
+            for table in ("trifle_traces_segments", "trifle_traces_tags"):
+                execute_rows(c, f"DELETE FROM {table} WHERE reference IN ({{}})", refs, 1, group=False)
+            execute_rows(c, "INSERT OR IGNORE INTO trifle_traces_segments VALUES {}", segments, 3)
+            execute_rows(c, "INSERT OR IGNORE INTO trifle_traces_tags VALUES {}", tags, 3)
 
     def delete(self, references: Sequence[str]) -> None:
         refs = list(references)
-        with self._lock:
-            c = self._conn
-            try:
-                c.execute("BEGIN IMMEDIATE")
-                for table in ("trifle_traces", "trifle_traces_segments", "trifle_traces_tags"):
-                    execute_rows(c, f"DELETE FROM {table} WHERE reference IN ({{}})", refs, 1, group=False)
-                c.execute("COMMIT")
-            except BaseException as exc:
-                if c.in_transaction:
-                    c.execute("ROLLBACK")
-                if isinstance(exc, sqlite3.Error):
-                    raise StoreError(f"cannot delete from the trace index {self.path}: {exc}") from None
-                raise
+        with self._lock, write_transaction(self._conn, f"cannot delete from the trace index {self.path}") as c:
+            for table in ("trifle_traces", "trifle_traces_segments", "trifle_traces_tags"):
+                execute_rows(c, f"DELETE FROM {table} WHERE reference IN ({{}})", refs, 1, group=False)
 
     def expired(self, before: datetime, limit: int = 1000) -> list[dict[str, Any]]:
         """Records whose ``expires_at`` has passed (SQLite has no TTL index: the worker purges)."""

@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 from ...errors import ConfigError, StoreError
 from ...jsonutil import dumps_text, loads, storable
-from ...stores.sqlite_index import connect_sqlite, execute_rows
+from ...stores.sqlite_index import connect_sqlite, execute_rows, write_transaction
 from ..identifier import check_mode
 from ..values import add_path, read_data
 from . import Op, Ref
@@ -79,37 +79,25 @@ class SQLiteStatsDriver:
         size: each is one call into SQLite (the worker gives up the interpreter lock on each)."""
         width = len(self._columns)
         idents = [self._ident(key, granularity, at) for key, granularity, at, _ in ops]
-        with self._lock:
-            c = self._conn
-            try:
-                c.execute("BEGIN IMMEDIATE")
-                stored = self._read(idents)
-                rows: list[Any] = []
-                for ident, (_, _, _, flat) in zip(idents, ops):
-                    data = stored.get(ident)
-                    if not isinstance(data, dict):
-                        data = {}
-                    for dotted, value in flat.items():
-                        add_path(data, dotted.split("."), value, add=add)
-                    rows.extend(ident)
-                    rows.append(dumps_text(data))
-                cols = ", ".join(self._columns)
-                execute_rows(
-                    c,
-                    f"INSERT INTO {self.table} ({cols}, data) VALUES {{}} "
-                    f"ON CONFLICT ({cols}) DO UPDATE SET data = excluded.data",
-                    rows,
-                    width + 1,
-                )
-                c.execute("COMMIT")
-            except BaseException as exc:
-                # Whatever failed (an SQLite error, a string SQLite cannot take), the
-                # transaction ends here: a lock left held would stop every other writer.
-                if c.in_transaction:
-                    c.execute("ROLLBACK")
-                if isinstance(exc, sqlite3.Error):
-                    raise StoreError(f"cannot write stats to {self.path}: {exc}") from None
-                raise
+        with self._lock, write_transaction(self._conn, f"cannot write stats to {self.path}") as c:
+            stored = self._read(idents)
+            rows: list[Any] = []
+            for ident, (_, _, _, flat) in zip(idents, ops):
+                data = stored.get(ident)
+                if not isinstance(data, dict):
+                    data = {}
+                for dotted, value in flat.items():
+                    add_path(data, dotted.split("."), value, add=add)
+                rows.extend(ident)
+                rows.append(dumps_text(data))
+            cols = ", ".join(self._columns)
+            execute_rows(
+                c,
+                f"INSERT INTO {self.table} ({cols}, data) VALUES {{}} "
+                f"ON CONFLICT ({cols}) DO UPDATE SET data = excluded.data",
+                rows,
+                width + 1,
+            )
 
     def _read(self, idents: Sequence[tuple[Any, ...]]) -> dict[tuple[Any, ...], Any]:
         """The stored ``data`` of these rows as written (flat keys kept), in one aggregate
