@@ -38,7 +38,7 @@ def demo_ui(demo_home, tmp_path_factory):
     """The demo's store (copied) plus a job stuck for two hours with two open steps."""
     home = tmp_path_factory.mktemp("browser-demo") / ".trifle"
     shutil.copytree(demo_home, home)
-    # stuck after an hour: the export below (two hours) is stuck, the demo's job is not for the session
+    # stuck after an hour: the export below (two hours) is stuck, the demo's job is not during the test run
     config = Config(home=str(home), ui_dashboards=str(ROOT / "examples" / "dashboards.yaml"), stuck_after=3600)
     now = datetime.now(timezone.utc)
     stuck = stuck_export(config, now)

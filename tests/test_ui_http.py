@@ -32,7 +32,7 @@ def demo(demo_home, tmp_path_factory):
     """A copy of the demo's store (the demo itself is shared) and the UI over it."""
     home = tmp_path_factory.mktemp("ui-demo") / ".trifle"
     shutil.copytree(demo_home, home)
-    config = Config(home=str(home), stuck_after=3600)  # the demo's running job stays unstuck for the session
+    config = Config(home=str(home), stuck_after=3600)  # the demo's running job stays unstuck during the test run
     with serving(config) as url:
         yield url, config
 
