@@ -35,3 +35,14 @@ def parse_time(text: str, *, now: datetime | None = None, what: str = "time") ->
 
 def iso(value: datetime) -> str:
     return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def jsonable(record: dict) -> dict:
+    """A record with its times as ISO 8601 UTC: the JSON shape the CLI and the UI's API share."""
+    from .stores.base import TIME_FIELDS
+
+    out = dict(record)
+    for name in TIME_FIELDS:
+        if isinstance(out.get(name), datetime):
+            out[name] = iso(out[name])
+    return out

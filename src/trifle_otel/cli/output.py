@@ -15,8 +15,6 @@ from typing import Any
 import click
 from rich.console import Console
 
-from ..stores.base import TIME_FIELDS
-from ..timeutil import iso
 
 STATE_STYLE = {"success": "green", "warning": "yellow", "error": "red", "running": "cyan", "debug": "dim"}
 STATE_MARK = {"error": "✗", "warning": "!", "debug": "·", "running": "…"}
@@ -57,12 +55,6 @@ def dump(payload: Any) -> None:
     click.echo(json.dumps(payload, ensure_ascii=False, indent=2, default=str))
 
 
-def jsonable(record: dict[str, Any]) -> dict[str, Any]:
-    out = dict(record)
-    for name in TIME_FIELDS:
-        if isinstance(out.get(name), datetime):
-            out[name] = iso(out[name])
-    return out
 
 
 def warn(message: str) -> None:

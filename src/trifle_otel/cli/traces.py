@@ -16,7 +16,7 @@ from ..errors import NotFoundError
 from ..sinks import load_artifact, load_lines
 from ..stores import TraceQuery, redact
 from ..stores.base import decode_cursor
-from ..timeutil import iso, parse_time
+from ..timeutil import iso, jsonable, parse_time
 from .options import config_options
 from .output import (
     STATE_MARK,
@@ -24,7 +24,6 @@ from .output import (
     console,
     dump,
     elapsed,
-    jsonable,
     milliseconds,
     state_label,
     styled,

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from starlette.requests import Request
@@ -19,8 +18,7 @@ from starlette.responses import Response
 
 from ..jsonutil import dumps
 from ..stats.api import keys_in_use
-from ..stores.base import TIME_FIELDS
-from ..timeutil import iso
+from ..timeutil import iso, jsonable
 from .catalog import pick_granularity
 from .charts import evaluate
 from .context import UI
@@ -32,13 +30,6 @@ def json_response(payload: Any, status: int = 200) -> Response:
     return Response(dumps(payload), status_code=status, media_type="application/json")
 
 
-def jsonable(record: dict[str, Any]) -> dict[str, Any]:
-    """Times as ISO 8601 UTC, as the command line prints them."""
-    out = dict(record)
-    for name in TIME_FIELDS:
-        if isinstance(out.get(name), datetime):
-            out[name] = iso(out[name])
-    return out
 
 
 def _ui(request: Request) -> UI:
