@@ -41,15 +41,38 @@ def unregister(owner: object) -> None:
         _methods.pop(id(owner), None)
 
 
+def _exporter_of(processor: object) -> object:
+    """The exporter an SDK span processor feeds (Simple-, or BatchSpanProcessor before and
+    after the SDK moved it into a shared batch processor), else None."""
+    exporter = getattr(processor, "span_exporter", None)
+    if exporter is None:
+        exporter = getattr(getattr(processor, "_batch_processor", None), "_exporter", None)
+    return exporter
+
+
+def _flush_tracer_provider(provider: object) -> None:
+    # The processors that feed one of our exporters first, each with its own time: the
+    # provider flushes its processors in turn under one deadline, and an exporter listed
+    # before ours (OTEL_TRACES_EXPORTER=otlp,trifle) with its backend down or hanging uses
+    # it all up, leaving our exporter's last spans in its batch processor until after our
+    # pipelines have stopped.
+    processors = getattr(getattr(provider, "_active_span_processor", None), "_span_processors", ())
+    for processor in tuple(processors):
+        pipeline = getattr(_exporter_of(processor), "pipeline", None)
+        if pipeline is not None and _drains.get(id(pipeline)) is pipeline:
+            processor.force_flush(5000)
+    # Then the application's other exporters too: a SIGTERM that ends the process skips exit hooks.
+    flush = getattr(provider, "force_flush", None)
+    if callable(flush):
+        flush(5000)
+
+
 def drain_all(on_signal: bool = False) -> None:
     # Spans still in the application's own batch processors reach us (exporter path) first.
     try:
         from opentelemetry import trace as otel_trace
 
-        provider = otel_trace.get_tracer_provider()
-        flush = getattr(provider, "force_flush", None)
-        if callable(flush):
-            flush(5000)
+        _flush_tracer_provider(otel_trace.get_tracer_provider())
     except Exception:
         logger.debug("trifle-otel: flushing the tracer provider failed", exc_info=True)
     with _lock:
