@@ -106,3 +106,29 @@ def test_every_source_folder_is_a_package_that_installs():
     found = {p.replace(".", "/") for p in find_packages(str(src))}
     with_code = {str(p.parent.relative_to(src)) for p in src.rglob("*.py")}
     assert with_code <= found, f"folders without __init__.py are left out of the wheel: {with_code - found}"
+
+
+def test_honeycomb_example_sends_every_span_and_writes_every_execution(tmp_path):
+    """`examples/honeycomb_inprocess.py` against a local OTLP/HTTP server standing in for
+    Honeycomb (OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, as its docstring says)."""
+    from otlp_recorder import RecordingOTLPServer
+
+    script = str(EXAMPLES / "honeycomb_inprocess.py")
+    env = {**os.environ, "TRIFLE_OTEL_HOME": str(tmp_path / "store")}
+    env.pop("HONEYCOMB_API_KEY", None)
+    missing = subprocess.run([sys.executable, script], env=env, capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 2
+    assert missing.stderr.strip() == "error: set HONEYCOMB_API_KEY to your Honeycomb API key"
+    with RecordingOTLPServer("http") as honeycomb:
+        env.update(HONEYCOMB_API_KEY="test-key", OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=honeycomb.traces_url)
+        proc = subprocess.run([sys.executable, script], env=env, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        assert "written: 3" in proc.stdout
+        assert {r.headers["x-honeycomb-team"] for r in honeycomb.attempts} == {"test-key"}
+        spans = honeycomb.spans()
+    assert sorted(name for _, _, name in spans) == ["Loading rows"] * 3 + ["Writing the file"] * 3 + ["reports/export"] * 3
+    index = open_index(load_config(environ={"TRIFLE_OTEL_HOME": str(tmp_path / "store")}).resolved_index_url())
+    records = index.search(TraceQuery(key="reports/export")).records
+    index.close()
+    assert {(r["trace_id"], r["span_id"]) for r in records} == {(t, s) for t, s, name in spans if name == "reports/export"}
+    assert sorted(r["state"] for r in records) == ["success", "warning", "warning"]

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcSpanExporter
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpSpanExporter
 from opentelemetry.sdk.trace import TracerProvider
@@ -58,6 +59,17 @@ def ids(spans) -> list[tuple[str, str, str]]:
     return [(format(s.context.trace_id, "032x"), format(s.context.span_id, "016x"), s.name) for s in spans]
 
 
+def span_messages(requests) -> dict[bytes, tuple]:
+    """Every span of OTLP requests with its resource and scope, by span id."""
+    return {
+        span.span_id: (resource_spans.resource, scope_spans.scope, span)
+        for request in requests
+        for resource_spans in request.resource_spans
+        for scope_spans in resource_spans.scope_spans
+        for span in scope_spans.spans
+    }
+
+
 def stored(config: Config) -> list[dict]:
     index = open_index(config.resolved_index_url())
     try:
@@ -91,6 +103,8 @@ def test_processor_and_otlp_exporter_both_receive_every_span(backend, config):
     spans = ids(sdk_ended.get_finished_spans())
     assert len(spans) == 6 * 4
     assert backend.spans() == spans  # same trace and span ids, names, in the order they ended
+    sent = encode_spans(sdk_ended.get_finished_spans())
+    assert span_messages(r.request() for r in backend.delivered) == span_messages([sent])  # unchanged
     assert len(backend.attempts) == len(backend.delivered) >= 3  # batches of at most 8, none retried
     assert all(r.headers["x-honeycomb-team"] == "test-key" for r in backend.attempts)
     records = stored(config)
