@@ -571,3 +571,10 @@ def test_trifle_configs_here_load(monkeypatch, tmp_path):
     broken.write_text(sample + "\nreceivers_typo:\n  grace: 1\n")
     with pytest.raises(ConfigError, match="receivers_typo"):
         _load_trifle(broken, monkeypatch)
+
+
+def test_the_readme_links_each_file_from_its_topology():
+    readme = (DIRECTORY.parent / "README.md").read_text()
+    section = readme.split("## Scale-out and collector topologies", 1)[1].split("\n## ", 1)[0]
+    for path in collector_files():
+        assert f"](collector_config/{path.name})" in section, path.name
