@@ -15,8 +15,11 @@
     span, and its peak RSS.
 (c) the same over OTLP/gRPC (the clients compress with gzip).
 Then (b)/(a): how much of the decode ceiling one serve process reaches.
+(d) (b) again with one forward target (``forward:``, http/protobuf with gzip) pointed at
+    a sink server in this process that answers 200 at once: ingest spans/s as in (b),
+    and when the sink had every request; then (d)/(b), both measured in this run.
 
-Usage: python bench/sidecar_throughput.py [--requests 200] [--part a --part b --part c]
+Usage: python bench/sidecar_throughput.py [--requests 200] [--part a --part b --part c --part d]
        [--served-requests 300] [--clients 6]
 """
 
@@ -191,9 +194,43 @@ def _stored(index: Path) -> int:
         return 0
 
 
-def served(transport: str, n_requests: int, clients: int, grace: float) -> dict[str, float]:
+class Sink:
+    """An OTLP/HTTP backend that takes everything (HTTP/1.1 keep-alive) and counts it."""
+
+    def __init__(self) -> None:
+        import http.server
+
+        sink = self
+        self.requests = 0
+        self.last = 0.0
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers["Content-Length"]))
+                sink.requests += 1
+                sink.last = time.perf_counter()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def served(transport: str, n_requests: int, clients: int, grace: float, sink: Sink | None = None) -> dict[str, float]:
     """Run serve, send ``n_requests`` requests of 512 spans from ``clients`` threads, wait
-    until every execution is in the index."""
+    until every execution is in the index (and, with a ``sink``, every request forwarded)."""
     base = make_request(1000)
     bodies = unique_copies(base, n_requests)
     executions = roots_of(base) * n_requests
@@ -205,6 +242,7 @@ def served(transport: str, n_requests: int, clients: int, grace: float) -> dict[
         config.write_text(
             f"stats:\n  rules: {rules}\ntraces:\n  tag_attributes: [customer.id, reseller.id]\n"
             f"receivers:\n  grace: {grace}\n  max_request_bytes: 67108864\n"
+            + (f"forward:\n  - name: sink\n    endpoint: {sink.endpoint}\n" if sink is not None else "")
         )
         trifle = str(Path(sys.executable).parent / "trifle-otel")
         proc = subprocess.Popen(
@@ -267,19 +305,27 @@ def served(transport: str, n_requests: int, clients: int, grace: float) -> dict[
                     raise RuntimeError(f"serve exited: {proc.stderr.read()}")
                 time.sleep(0.02)
             elapsed = time.perf_counter() - started
+            forwarded = 0.0
+            if sink is not None:
+                while sink.requests < n_requests:
+                    if proc.poll() is not None:
+                        raise RuntimeError(f"serve exited: {proc.stderr.read()}")
+                    time.sleep(0.02)
+                forwarded = sink.last - started
             cpu = _proc_cpu(proc.pid) - cpu0
             rss = _peak_rss_mb(proc.pid)
         finally:
             proc.terminate()
             proc.wait(120)
     return {"spans": spans, "executions": executions, "elapsed": elapsed, "sent": sent, "cpu": cpu, "rss": rss,
-            "refused": refused[0]}
+            "refused": refused[0], "forwarded": forwarded}
 
 
 def report_served(label: str, result: dict[str, float], grace: float, clients: int) -> float:
     rate = result["spans"] / result["elapsed"]
     print(
-        f"({label}) serve over {'OTLP/HTTP' if label == 'b' else 'OTLP/gRPC'}: {rate:10,.0f} spans/s "
+        f"({label}) serve over {'OTLP/gRPC' if label == 'c' else 'OTLP/HTTP'}{' forwarding to one target' if label == 'd' else ''}: "
+        f"{rate:10,.0f} spans/s "
         f"({result['spans']:,} spans, {result['executions']:,} executions in {result['elapsed']:.2f} s from the first "
         f"request to the last execution stored; all sent after {result['sent']:.2f} s; grace {grace} s; "
         f"{clients} clients; {result['refused']} requests refused and sent again), "
@@ -294,15 +340,28 @@ def main() -> None:
     parser.add_argument("--served-requests", type=int, default=300, help="requests of 512 spans sent to serve in (b), (c)")
     parser.add_argument("--clients", type=int, default=6, help="concurrent clients in (b), (c)")
     parser.add_argument("--grace", type=float, default=2.0, help="receivers.grace of the serve process")
-    parser.add_argument("--part", choices=["a", "b", "c"], action="append", help="which parts to run (default: all)")
+    parser.add_argument("--part", choices=["a", "b", "c", "d"], action="append", help="which parts to run (default: all)")
     args = parser.parse_args()
-    parts = args.part or ["a", "b", "c"]
+    parts = args.part or ["a", "b", "c", "d"]
     ceiling = decode_ceiling(args.requests)["protobuf"] if "a" in parts else None
+    rates = {}
     for part, transport in (("b", "http"), ("c", "grpc")):
         if part in parts:
             rate = report_served(part, served(transport, args.served_requests, args.clients, args.grace), args.grace, args.clients)
+            rates[part] = rate
             if ceiling:
                 print(f"({part})/(a): {rate / ceiling:.2f} of the protobuf decode ceiling")
+    if "d" in parts:
+        sink = Sink()
+        try:
+            result = served("http", args.served_requests, args.clients, args.grace, sink)
+        finally:
+            sink.close()
+        rate = report_served("d", result, args.grace, args.clients)
+        print(f"(d) every request forwarded {result['forwarded']:.2f} s after the first was sent "
+              f"({sink.requests} requests received by the sink)")
+        if "b" in rates:
+            print(f"(d)/(b): {rate / rates['b']:.2f} (ingest with one forward target / without, same run)")
 
 
 if __name__ == "__main__":

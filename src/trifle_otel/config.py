@@ -1,7 +1,8 @@
 """Configuration: command-line flags > environment > config file (YAML) > defaults.
 
 The file has sections (``store``, ``traces``, ``processor``, ``stats``, ``receivers``, ``ui``); every setting has
-one flat attribute on :class:`Config`.  Unknown or mistyped settings are refused at load,
+one flat attribute on :class:`Config`.  ``forward`` is a list of targets the sidecar
+forwards to (:mod:`trifle_otel.forward.target`).  Unknown or mistyped settings are refused at load,
 naming the setting and what it expects.
 """
 
@@ -86,6 +87,8 @@ class Config:
     ui_basic_auth: str | None = None  # "user:password"
     ui_trace_url: str | None = None  # link to the trace in a tracing backend: {trace_id}, {span_id}
     ui_dashboards: str | None = None  # YAML file of dashboards
+    # forward (trifle-otel serve): OTLP backends every accepted request is passed on to
+    forward: list = field(default_factory=list, repr=False)  # ForwardTarget; headers hold secrets
 
     source: str = field(default="defaults", repr=False, compare=False)
 
@@ -259,12 +262,17 @@ def _from_file(path: Path) -> dict[str, Any]:
     text = read_text(path, "config file", missing_hint=f": check --config or {ENV_CONFIG}")
     data = parse_yaml(text, f"config file {path}") or {}
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must be a mapping of sections ({', '.join(SECTIONS)})")
+        raise ConfigError(f"config file {path} must be a mapping of sections ({', '.join(SECTIONS)}, forward)")
     out: dict[str, Any] = {}
     for section, body in data.items():
         section = str(section)
+        if section == "forward":
+            from .forward.target import parse_targets
+
+            out["forward"] = parse_targets(body, f"config file {path}", _expand)
+            continue
         if section not in SECTIONS:
-            raise ConfigError(f"config file {path}: unknown section '{section}'{_hint(section, SECTIONS)}")
+            raise ConfigError(f"config file {path}: unknown section '{section}'{_hint(section, (*SECTIONS, 'forward'))}")
         if body is None:
             continue
         if not isinstance(body, dict):
@@ -340,5 +348,10 @@ def load_config(
             continue
         if name not in _TYPES or name == "source":
             raise ConfigError(f"unknown setting '{name}'{_hint(name, _TYPES)}")
+        if name == "forward":
+            from .forward.target import parse_targets
+
+            values[name] = parse_targets(value, "option", _expand)
+            continue
         values[name] = _coerce(name, value, "option")
     return Config(**values, source=source).validate()

@@ -100,6 +100,10 @@ def serve(config: Config, grpc_listen: str | None, http_listen: str | None, ui_l
             f"Writing traces to {redact(config.resolved_index_url())} and {redact(config.resolved_data_url())}, "
             f"stats to {redact(config.resolved_stats_url())}; write-ahead log {sidecar.wal_dir}", soft_wrap=True,
         )
+        if sidecar.forwarding:
+            queued = [f"{name}: {n} queued" for name, n in sidecar.forwarding.queued_at_start.items() if n]
+            console.print("Forwarding to " + ", ".join(f.target.describe() for f in sidecar.forwarding.forwarders)
+                          + (f" ({'; '.join(queued)} from before)" if queued else ""), soft_wrap=True)
         if replayed.requests or replayed.carried_spans:
             console.print(f"Replayed {replayed.requests} requests ({replayed.spans} spans) and "
                           f"{replayed.carried_spans} spans of open executions from the log.", soft_wrap=True)
@@ -116,6 +120,10 @@ def serve(config: Config, grpc_listen: str | None, http_listen: str | None, ui_l
             f"{summary['executions_written']} executions and {summary['running_records']} running records "
             f"({summary['late_spans']} late spans, {summary['write_errors']} write errors).", soft_wrap=True,
         )
+        for m in sidecar.forwarding.metrics() if sidecar.forwarding else []:
+            if m["queued_requests"]:
+                console.print(f"Forwarding to {m['target']}: {m['queued_requests']} requests ({m['queued_spans']} spans) "
+                              "wait in its queue for the next start.", soft_wrap=True)
         if not committed:
             output.warn(f"the last checkpoint did not complete: the write-ahead log {sidecar.wal_dir} "
                         "keeps what was not stored, and the next start replays it")

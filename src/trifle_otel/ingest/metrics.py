@@ -28,7 +28,8 @@ PREFIX = "trifle_otel_"
 
 
 class ReceiverMetrics:
-    def __init__(self, intake_metrics: Callable[[], Mapping[str, float]] | None = None) -> None:
+    def __init__(self, intake_metrics: Callable[[], Mapping[str, float]] | None = None,
+                 forward_metrics: Callable[[], list[dict]] | None = None) -> None:
         self.registry = CollectorRegistry()
         self.spans_received = Counter(
             PREFIX + "spans_received", "Spans accepted from OTLP export requests", ["transport"], registry=self.registry
@@ -47,6 +48,8 @@ class ReceiverMetrics:
         )
         if intake_metrics is not None:
             self.registry.register(_IntakeCollector(intake_metrics))
+        if forward_metrics is not None:
+            self.registry.register(_ForwardCollector(forward_metrics))
 
     def request(self, transport: str, status: int | str) -> None:
         self.requests.labels(transport, str(status)).inc()
@@ -87,3 +90,52 @@ class _IntakeCollector:
                 yield CounterMetricFamily(metric_name, help_text, value=float(value))
             else:
                 yield GaugeMetricFamily(metric_name, help_text, value=float(value))
+
+
+class _ForwardCollector:
+    """Per forward target (label ``target``): what was sent, retried and dropped (by
+    reason), the queue on disk, and the last error."""
+
+    def __init__(self, read: Callable[[], list[dict]]) -> None:
+        self._read = read
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            targets = list(self._read())
+        except Exception:
+            logger.exception("reading the forwarders' metrics failed")
+            return
+        if not targets:
+            return
+        p = PREFIX + "forward_"
+        families = {
+            "requests_sent": CounterMetricFamily(p + "requests_sent", "Requests delivered to the target", labels=["target"]),
+            "spans_sent": CounterMetricFamily(p + "spans_sent", "Spans in requests delivered to the target", labels=["target"]),
+            "retries": CounterMetricFamily(p + "retries", "Attempts that failed and were retried (429/502/503/504, UNAVAILABLE, no answer)", labels=["target"]),
+            "rejected_spans": CounterMetricFamily(p + "rejected_spans", "Spans the target refused in a partial success", labels=["target"]),
+            "queue_bytes": GaugeMetricFamily(p + "queue_bytes", "Bytes of the target's queue on disk", labels=["target"]),
+            "queue_max_bytes": GaugeMetricFamily(p + "queue_max_bytes", "The queue's byte bound (forward[].max_queue_bytes)", labels=["target"]),
+            "queued_requests": GaugeMetricFamily(p + "queued_requests", "Requests waiting to be sent", labels=["target"]),
+            "queued_spans": GaugeMetricFamily(p + "queued_spans", "Spans waiting to be sent", labels=["target"]),
+            "failing": GaugeMetricFamily(p + "failing", "1 while the target's last attempt failed and is being retried", labels=["target"]),
+            "last_error_time": GaugeMetricFamily(p + "last_error_timestamp_seconds", "When the target last failed (Unix time; 0: never)", labels=["target"]),
+        }
+        dropped_requests = CounterMetricFamily(p + "dropped_requests", "Requests dropped, by reason (http_400 ...: refused for good; queue_full: past max_queue_bytes)", labels=["target", "reason"])
+        dropped_spans = CounterMetricFamily(p + "dropped_spans", "Spans in dropped requests, by reason", labels=["target", "reason"])
+        last_error = GaugeMetricFamily(p + "last_error_info", "The target's last error (in the label), 1", labels=["target", "error"])
+        for values in targets:
+            name = str(values["target"])
+            for key, family in families.items():
+                family.add_metric([name], float(values[key]))
+            for reason, (requests, spans) in sorted(values["dropped"].items()):
+                dropped_requests.add_metric([name, reason], float(requests))
+                dropped_spans.add_metric([name, reason], float(spans))
+            if values["last_error"]:
+                last_error.add_metric([name, str(values["last_error"])[:200]], 1.0)
+        yield from families.values()
+        yield dropped_requests
+        yield dropped_spans
+        yield last_error

@@ -26,7 +26,7 @@ from ..errors import OTLPDecodeError
 from ..model import Span
 from .otlp_decode import ENCODINGS, JSON, PROTOBUF, decode_request, inflate
 
-__all__ = ["ReceivedBatch", "Admission", "Intake", "INTAKE_METRICS", "bearer_ok", "early_refusal", "media_type", "content_encoding"]
+__all__ = ["ReceivedBatch", "read_record", "Admission", "Intake", "INTAKE_METRICS", "bearer_ok", "early_refusal", "media_type", "content_encoding"]
 
 # What ``Intake.metrics()`` may report, with the Prometheus type and help of each; other
 # names are exported as gauges.
@@ -82,14 +82,28 @@ class ReceivedBatch:
     @classmethod
     def from_record(cls, record: bytes, max_request_bytes: int = 1 << 62) -> "ReceivedBatch":
         """Decode a record written by :meth:`to_record` again (replay after a restart)."""
-        if not record.startswith(_RECORD_MAGIC) or b"\n" not in record[:512]:
-            raise OTLPDecodeError("not an OTLP request record of the write-ahead log")
-        header_end = record.index(b"\n")
-        header = orjson.loads(record[len(_RECORD_MAGIC) : header_end])
-        body = record[header_end + 1 :]
+        header, body = _split_record(record)
         content_type, encoding = header["type"], header["encoding"]
         decoded = decode_request(inflate(body, encoding, max_request_bytes), content_type)
         return cls(decoded.spans, body, content_type, encoding, header["transport"], decoded.rejected_spans, decoded.message)
+
+
+def read_record(record: bytes) -> tuple[str, str, bytes]:
+    """A record's (content type, content encoding, body as received), without decoding
+    the body: what forwarding needs to send the request on."""
+    header, body = _split_record(record)
+    return header["type"], header["encoding"], body
+
+
+def _split_record(record: bytes) -> tuple[dict, bytes]:
+    if not record.startswith(_RECORD_MAGIC) or b"\n" not in record[:512]:
+        raise OTLPDecodeError("not an OTLP request record of the write-ahead log")
+    header_end = record.index(b"\n")
+    try:
+        header = orjson.loads(record[len(_RECORD_MAGIC) : header_end])
+    except orjson.JSONDecodeError:
+        raise OTLPDecodeError("an OTLP request record's header is damaged") from None
+    return header, record[header_end + 1 :]
 
 
 @dataclass(frozen=True, slots=True)

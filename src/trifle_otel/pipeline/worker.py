@@ -111,6 +111,11 @@ class Pipeline:
         input is durable elsewhere (the write-ahead log): the worker writes documents itself
         and stats only in the log's checkpoints, and nothing is spilled (the log holds it)."""
         self.config = config
+        if config.forward and durability is None:
+            logger.warning(
+                "trifle-otel: the config's 'forward' targets are used by trifle-otel serve only; in-process, "
+                "add an OTLP exporter beside the processor (README: Keep your tracing backend)"
+            )
         self._wake_at = wake_at
         self._open_ended = open_ended
         self._durability = durability

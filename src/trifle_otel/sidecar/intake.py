@@ -20,6 +20,7 @@ from typing import Mapping
 
 from ..config import Config
 from ..errors import StoreError, WALFull
+from ..forward import Forwarding
 from ..ingest.otlp_intake import Admission, ReceivedBatch
 from ..pipeline import Pipeline
 from ..wal import WAL
@@ -30,8 +31,10 @@ RECENT = 5.0  # seconds a refusal for a full log or queue keeps /health at 503
 
 
 class SidecarIntake:
-    def __init__(self, config: Config, pipeline: Pipeline, wal: WAL, gate: Gate, checkpointer: Checkpointer) -> None:
+    def __init__(self, config: Config, pipeline: Pipeline, wal: WAL, gate: Gate, checkpointer: Checkpointer,
+                 forwarding: Forwarding | None = None) -> None:
         self.config = config
+        self.forwarding = forwarding
         self.pipeline = pipeline
         self.wal = wal
         self.gate = gate
@@ -88,6 +91,8 @@ class SidecarIntake:
             finally:
                 with self._lock:
                     self._reserved -= count
+        if self.forwarding:  # on disk per target: sent on by each target's own thread
+            self.forwarding.offer(record, count + batch.rejected_spans)
         self.accepted_requests += 1
         self.accepted_spans += count
         return Admission.accept()

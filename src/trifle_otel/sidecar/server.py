@@ -6,7 +6,13 @@ pipeline is built with open-ended assembly and the log as its durability, the lo
 replayed into it from the last checkpoint, and only then do the receivers open.  Stop
 order: the receivers stop taking requests (those in progress finish), the pipeline
 settles everything it holds (finished executions written, running ones carried forward
-by a last checkpoint), the log is closed.
+by a last checkpoint), the forward targets get a few seconds to send what is queued (the
+rest stays in their queues on disk), the log is closed.
+
+Forwarding (``forward:`` in the config) starts before the receivers: each accepted
+request is appended to every target's queue after the log, and sent on by that target's
+thread.  Requests replayed from the log at start are not forwarded again: the queues
+kept them.
 
 The web UI, served by the same process, is one more entry in :attr:`Sidecar.servers`
 (anything with ``start()``/``stop()``), started after the receivers.
@@ -21,6 +27,7 @@ from typing import Any, Protocol
 
 from ..config import Config
 from ..errors import ConfigError, StoreError
+from ..forward import Forwarding
 from ..ingest.metrics import ReceiverMetrics
 from ..ingest.otlp_grpc import GRPCServer
 from ..ingest.otlp_http import HTTPServer, create_http_app, listen_socket
@@ -64,6 +71,7 @@ class Sidecar:
         self.pipeline: Pipeline | None = None
         self.intake: SidecarIntake | None = None
         self.checkpointer: Checkpointer | None = None
+        self.forwarding: Forwarding | None = None
         self.started_at = 0.0
 
     # -- start ---------------------------------------------------------------------------------
@@ -85,7 +93,8 @@ class Sidecar:
             self.checkpointer.stats_waiting = lambda: buffer.pending
             self._replay(mark or 0)
             self.checkpointer.enabled = True
-            self.intake = SidecarIntake(config, self.pipeline, self.wal, gate, self.checkpointer)
+            self.forwarding = Forwarding(config.forward, config.home_path / "forward").start()
+            self.intake = SidecarIntake(config, self.pipeline, self.wal, gate, self.checkpointer, self.forwarding)
             self._start_receivers()
         except BaseException:
             self._close()
@@ -131,7 +140,7 @@ class Sidecar:
     def _start_receivers(self) -> None:
         config, intake = self.config, self.intake
         assert intake is not None
-        metrics = ReceiverMetrics(intake.metrics)
+        metrics = ReceiverMetrics(intake.metrics, self.forwarding.metrics if self.forwarding else None)
         if self.grpc_address is not None:
             grpc_server = GRPCServer(intake, *self.grpc_address, max_request_bytes=config.max_request_bytes,
                                      token=config.auth_token, metrics=metrics)
@@ -172,6 +181,8 @@ class Sidecar:
         self.servers = []
         if self.pipeline is not None:
             self.pipeline.shutdown(timeout)
+        if self.forwarding is not None:
+            self.forwarding.stop()  # what is not sent yet waits in its queue for the next start
         if self.wal is not None:
             self.wal.close()
 
