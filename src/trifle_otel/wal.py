@@ -167,14 +167,7 @@ class WAL:
                 if segment is None or (segment.size + len(frame) > self.segment_bytes and segment.size > len(SEGMENT_HEADER)):
                     segment = self._rotate_locked()
                 positions.append(Position(segment.seq, segment.size))
-                try:
-                    _write_all(segment.fd, frame)  # type: ignore[arg-type]
-                except OSError as exc:  # a full disk: leave no partial record behind
-                    try:
-                        os.ftruncate(segment.fd, segment.size)  # type: ignore[arg-type]
-                    except OSError:
-                        pass
-                    raise StoreError(f"cannot write to the write-ahead log {segment.path}: {exc.strerror}") from None
+                append_whole(segment.fd, frame, segment.size, f"the write-ahead log {segment.path}")  # type: ignore[arg-type]
                 segment.size += len(frame)
                 self._total += len(frame)
                 self._written += 1
@@ -390,6 +383,19 @@ def _write_all(fd: int, data: bytes) -> None:
     while view:
         written = os.write(fd, view)
         view = view[written:]
+
+
+def append_whole(fd: int, data: bytes, size: int, what: str) -> None:
+    """Append a record to a file of ``size`` bytes, or leave none of it behind (a full
+    disk): the file is cut back to ``size`` and a :class:`StoreError` names ``what``."""
+    try:
+        _write_all(fd, data)
+    except OSError as exc:
+        try:
+            os.ftruncate(fd, size)
+        except OSError:
+            pass
+        raise StoreError(f"cannot write to {what}: {exc.strerror}") from None
 
 
 def _sync_directory(directory: Path) -> None:

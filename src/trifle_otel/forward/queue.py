@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from ..errors import StoreError
+from ..wal import append_whole
 
 __all__ = ["ForwardQueue", "QueuedRequest"]
 
@@ -185,14 +186,7 @@ class ForwardQueue:
             segment = self._current
             if segment is None or (segment.size + len(frame) > self.segment_bytes and segment.records):
                 segment = self._rotate_locked()
-            try:
-                _write_all(segment.fd, frame)  # type: ignore[arg-type]
-            except OSError as exc:
-                try:
-                    os.ftruncate(segment.fd, segment.size)  # type: ignore[arg-type]
-                except OSError:
-                    pass
-                raise StoreError(f"cannot write to the forward queue {segment.path}: {exc.strerror}") from None
+            append_whole(segment.fd, frame, segment.size, f"the forward queue {segment.path}")  # type: ignore[arg-type]
             segment.size += len(frame)
             segment.records += 1
             segment.spans += spans
@@ -208,9 +202,14 @@ class ForwardQueue:
         path = self.directory / f"q-{seq:016d}.log"
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
-            _write_all(fd, SEGMENT_HEADER)
         except OSError as exc:
             raise StoreError(f"cannot start forward queue segment {path}: {exc.strerror}") from None
+        try:
+            append_whole(fd, SEGMENT_HEADER, 0, f"the forward queue {path}")
+        except StoreError:
+            os.close(fd)
+            path.unlink(missing_ok=True)
+            raise
         segment = _Segment(seq, path, fd=fd)
         self._segments[seq] = segment
         self._current = segment
@@ -326,9 +325,3 @@ class ForwardQueue:
                     segment.fd = None
             self._ready.notify_all()
 
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
