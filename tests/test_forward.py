@@ -259,3 +259,21 @@ def test_sample_sidecar_config_loads(monkeypatch):
 
     (grpc_target,) = parse_targets(data["forward"], "sample", _expand)
     assert grpc_target.grpc_target() == ("api.honeycomb.io:443", True)
+
+
+def test_several_requests_in_flight_carry_a_slow_backend(tmp_path):
+    with RecordingOTLPServer("http") as backend:
+        backend.always(Answer(delay=0.25))  # 250 ms per answer: one at a time would take 5 s for 20
+        config = config_with(tmp_path, {"name": "slow", "endpoint": backend.endpoint, "max_in_flight": 8})
+        serve = Serve(tmp_path / "home", config).start()
+        try:
+            payloads = bodies(20, jobs=1)
+            started = time.monotonic()
+            post_all(serve, payloads)
+            backend.wait_for(lambda b: len(b.delivered) == 20, timeout=20)
+            took = time.monotonic() - started
+            assert sorted(r.body for r in backend.delivered) == sorted(payloads)  # each once
+            assert took < 3.0, f"{took:.1f} s: the requests were not sent concurrently"
+            wait_until(lambda: metric(serve, "forward_queued_requests", target="slow") == 0)
+        finally:
+            assert serve.stop() == 0

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import gzip
 import random
+import threading
+import time
 import zlib
 
 import pytest
@@ -282,3 +284,172 @@ def test_a_queue_of_a_target_no_longer_configured_is_named(tmp_path, caplog):
         second = Forwarding([new], tmp_path)
         second.forwarders[0].queue.close()
     assert "holds requests for a forward target no longer configured ('old')" in caplog.text
+
+
+# -- the forwarder's threads against a scripted backend ------------------------------------------
+
+
+class ScriptedBackend:
+    """A sender that answers from a function of the payload (no network): for the window
+    and queue logic alone; the real senders are tested against real servers."""
+
+    def __init__(self, answer):
+        self.answer = answer
+        self.attempts: list[bytes] = []
+        self.lock = threading.Lock()
+
+    def send(self, record: bytes):
+        with self.lock:
+            self.attempts.append(record)
+        return self.answer(record)
+
+    def abort(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _wait(predicate, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.01)
+    raise AssertionError("timed out")
+
+
+def test_a_head_request_dropped_at_the_bound_while_retried_lets_the_rest_through(tmp_path):
+    from trifle_otel.forward.forwarder import Forwarder
+    from trifle_otel.forward.policy import Outcome
+
+    (target,) = parse_targets([{"name": "t", "endpoint": "https://x", "retry": {"initial_interval": 0.01, "max_interval": 0.02}}], "t")
+    queue = ForwardQueue(tmp_path / "q", max_bytes=1 << 20, segment_bytes=64 << 10)
+    backend = ScriptedBackend(lambda r: Outcome("retry", "http_504") if r.startswith(b"stuck") else Outcome("delivered"))
+    forwarder = Forwarder(target, queue, [backend]).start()
+    try:
+        queue.put(b"stuck" + b"x" * 30_000, 1)
+        _wait(lambda: len(backend.attempts) >= 2)
+        for n in range(100):  # ~3 MiB: the stuck request's segment is dropped at the bound
+            queue.put(b"next %03d " % n + b"y" * 30_000, 1)
+        _wait(lambda: forwarder.counters.requests_sent > 0)
+    finally:
+        forwarder.stop()
+    metrics = forwarder.metrics()
+    assert metrics["dropped"]["queue_full"][0] >= 1
+    assert metrics["requests_sent"] + metrics["dropped"]["queue_full"][0] + metrics["queued_requests"] >= 101
+
+
+def test_several_in_flight_deliver_everything_once_and_the_cursor_stays_in_order(tmp_path):
+    from trifle_otel.forward.forwarder import Forwarder
+    from trifle_otel.forward.policy import Outcome
+
+    (target,) = parse_targets([{"name": "t", "endpoint": "https://x", "max_in_flight": 4,
+                                "retry": {"initial_interval": 0.01, "max_interval": 0.05}}], "t")
+    queue = ForwardQueue(tmp_path / "q", max_bytes=8 << 20)
+    flaky = random.Random(3)
+
+    def answer(record: bytes):
+        time.sleep(0.005)
+        return Outcome("retry", "http_503") if flaky.random() < 0.2 else Outcome("delivered")
+
+    backends = [ScriptedBackend(answer) for _ in range(4)]
+    forwarder = Forwarder(target, queue, backends).start()
+    try:
+        for n in range(200):
+            queue.put(b"request %03d" % n, 2)
+        _wait(lambda: forwarder.counters.requests_sent == 200)
+        _wait(lambda: queue.pending() == (0, 0))
+    finally:
+        forwarder.stop()
+    delivered = [a for b in backends for a in b.attempts]
+    assert set(delivered) == {b"request %03d" % n for n in range(200)}
+    assert all(len(b.attempts) > 10 for b in backends)  # all four carried requests
+    assert forwarder.counters.spans_sent == 400
+    reopened = ForwardQueue(tmp_path / "q", max_bytes=8 << 20)
+    assert reopened.pending() == (0, 0)
+    reopened.close()
+
+
+def test_a_failed_rotation_leaves_the_queue_usable(tmp_path, monkeypatch):
+    import errno
+    import os as os_module
+
+    q = ForwardQueue(tmp_path / "q", max_bytes=1 << 20, segment_bytes=64 << 10)
+    q.put(b"a" * 40_000, 1)
+    real_open = os_module.open
+    calls = {"n": 0}
+
+    def failing_open(path, *args, **kwargs):
+        if str(path).endswith(".log") and calls["n"] == 0:
+            calls["n"] += 1
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os_module, "open", failing_open)
+    from trifle_otel.errors import StoreError
+
+    with pytest.raises(StoreError, match="No space left on device"):
+        q.put(b"b" * 40_000, 1)  # needs a new segment
+    q.put(b"c" * 100, 1)  # the next one works
+    assert [r.payload[:1] for r in _drain(q)] == [b"a", b"c"]
+    q.close()
+
+
+def _drain(q):
+    out = []
+    while (request := q.peek(0)) is not None:
+        out.append(request)
+        q.done(request)
+    return out
+
+
+def test_a_leftover_segment_older_than_the_cursor_is_removed_at_open(tmp_path):
+    import shutil
+
+    q = ForwardQueue(tmp_path / "q", max_bytes=1 << 20, segment_bytes=64 << 10)
+    q.put(b"old" * 22_000, 1)
+    q.put(b"new", 1)
+    (first, second) = sorted((tmp_path / "q").glob("q-*.log"))
+    shutil.copy(first, tmp_path / "copy")
+    q.done(q.peek(0))
+    q.close()
+    assert not first.exists()
+    shutil.copy(tmp_path / "copy", first)  # a restored old segment
+    q = ForwardQueue(tmp_path / "q", max_bytes=1 << 20)
+    assert q.pending() == (1, 1) and not first.exists()
+    assert q.peek(0).payload == b"new"
+    q.close()
+
+
+def test_delivered_after_being_dropped_is_not_counted_as_dropped(tmp_path):
+    q = ForwardQueue(tmp_path / "q", max_bytes=1 << 20, segment_bytes=128 << 10)
+    q.put(b"first", 1)
+    head = q.peek(0)
+    for _ in range(200):
+        q.put(b"z" * 10_000, 1)
+    assert not q.holds(head)
+    dropped = q.dropped["queue_full"][0]
+    q.done(head, delivered=True)
+    assert q.dropped["queue_full"][0] == dropped - 1
+    q.close()
+
+
+@pytest.mark.parametrize("entry, message", [
+    ({"endpoint": "https://x", "headers": {"x-key": "k€y"}}, "must be printable ASCII"),
+    ({"endpoint": "a:1", "protocol": "grpc", "headers": {"x-key-bin": "a"}}, "binary gRPC metadata"),
+    ({"endpoint": "http://[::1"}, "cannot be read as a URL"),
+    ({"endpoint": "https://user:secret@api.example"}, "must not carry credentials"),
+    ({"endpoint": "https://x", "max_in_flight": 0}, "max_in_flight must be a whole number from 1 to 64"),
+])
+def test_more_bad_targets(entry, message):
+    with pytest.raises(ConfigError) as err:
+        parse_targets([entry], "t")
+    assert message in str(err.value) and "secret" not in str(err.value)
+
+
+def test_default_names_are_directory_safe():
+    (target,) = parse_targets([{"endpoint": "http://[::1]:4318"}], "t")
+    assert target.name == "1"
+    (target,) = parse_targets([{"endpoint": "https://Api.Honeycomb.io"}], "t")
+    assert target.name == "api.honeycomb.io"

@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from ..errors import StoreError
 from .forwarder import Forwarder, Sender
 from .queue import SEGMENT_HEADER, ForwardQueue
 from .senders import make_sender
@@ -35,10 +34,19 @@ class Forwarding:
         try:
             for target in targets:
                 queue = ForwardQueue(self.directory / target.name, target.max_queue_bytes)
-                self.forwarders.append(Forwarder(target, queue, sender_factory(target)))
+                senders = []
+                try:
+                    senders.extend(sender_factory(target) for _ in range(target.max_in_flight))
+                except BaseException:
+                    for sender in senders:
+                        sender.close()
+                    queue.close()
+                    raise
+                self.forwarders.append(Forwarder(target, queue, senders))
         except BaseException:
             for forwarder in self.forwarders:
-                forwarder.sender.close()
+                for sender in forwarder.senders:
+                    sender.close()
                 forwarder.queue.close()
             raise
         self._last_failure_log = 0.0
@@ -68,7 +76,7 @@ class Forwarding:
         for forwarder in self.forwarders:
             try:
                 forwarder.queue.put(record, spans)
-            except StoreError as exc:
+            except Exception as exc:  # (a full disk: StoreError) ingest goes on regardless
                 forwarder.counters.drop("queue_write_failed", 1, spans)
                 forwarder.counters.last_error = str(exc)
                 forwarder.counters.last_error_time = time.time()
@@ -84,7 +92,10 @@ class Forwarding:
         for forwarder in self.forwarders:
             forwarder.drain(deadline)
         for forwarder in self.forwarders:
-            forwarder.stop()
+            forwarder.signal_stop()
+        deadline = time.monotonic() + 2.0  # the threads notice within a moment; none waits for another
+        for forwarder in self.forwarders:
+            forwarder.stop(deadline)
 
     def metrics(self) -> list[dict]:
         return [forwarder.metrics() for forwarder in self.forwarders]

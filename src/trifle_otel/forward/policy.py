@@ -11,7 +11,7 @@ The rules are the OTLP specification's (opentelemetry-proto ``docs/specification
   says when there will be room), else it is permanent like every other code.
 - No answer (connection refused or reset, a timeout, a TLS or DNS failure): retry.
 
-Without a delay from the backend, attempts back off exponentially from
+Without a delay from the backend (or with a zero one), attempts back off exponentially from
 ``initial_interval`` to ``max_interval`` with ±50 % jitter, so a fleet of sidecars does not
 retry in step.  A backend's own delay is honoured as given, up to ``MAX_SERVER_DELAY``.
 """
@@ -81,7 +81,7 @@ def retry_after_seconds(value: str | None, now: float | None = None) -> float | 
     text = value.strip()
     if not text:
         return None
-    if text.isdigit():
+    if text.isascii() and text.isdigit():
         return min(float(text), MAX_SERVER_DELAY)
     try:
         when = email.utils.parsedate_to_datetime(text)

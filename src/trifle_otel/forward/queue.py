@@ -8,16 +8,15 @@ carries on where the last delivery ended.
 
 Layout: ``<dir>/q-<sequence>.log`` segments, each an 8-byte header then framed records
 ``[payload length: u32 LE][CRC32 of spans + payload: u32 LE][spans: u32 LE][payload]``,
-and ``<dir>/cursor``: the position of the first request not yet delivered, rewritten
-after each delivery.  A new segment is started at every open (nothing is appended after a
+and ``<dir>/cursor``: the position of the first request not yet delivered.  A new segment is started at every open (nothing is appended after a
 tail a crash may have torn) and when the current one reaches ``segment_bytes``.
 
 - **Bounded.**  Past ``max_bytes`` the oldest segments are deleted, delivered or not, and
   what they held is counted as dropped (``queue_full``): a long outage costs the oldest
   spans, never the disk or new spans.  The bound therefore acts a segment at a time
   (an eighth of it by default).
-- **At least once.**  The cursor is written after the backend answered, so a crash in
-  between sends that one request again; it is never lost.  Appends are not synced:
+- **At least once.**  The cursor is written after the backend answered (a few times a
+  second at most), so a crash sends the requests delivered since again; none is lost.  Appends are not synced:
   a killed process loses nothing (the kernel has the pages), a power cut may lose the
   last seconds of the queue — the write-ahead log, synced, still has them for the stores.
 - **Bad data never stops the queue.**  A torn or corrupt record ends its segment's
@@ -89,6 +88,9 @@ class ForwardQueue:
         self._read_records = 0
         self._read_spans = 0
         self.dropped = {"queue_full": [0, 0], "corrupt": [0, 0]}  # reason -> [requests, spans]
+        self._cursor_dirty = False
+        self._cursor_lock = threading.Lock()
+        self._next_seq = 1
         self._open()
 
     # -- opening --------------------------------------------------------------------------
@@ -105,9 +107,9 @@ class ForwardQueue:
                 self._segments[segment.seq] = segment
                 self._total += segment.size
         cursor = self._read_cursor()
+        self._next_seq = max(max(self._segments, default=0), cursor[0] if cursor else 0) + 1
         for seq in [s for s in self._segments if cursor is not None and s < cursor[0]]:
             self._delete(self._segments[seq])  # delivered before the last stop
-        self._next_seq = max(self._segments, default=cursor[0] if cursor else 0) + 1
         oldest = min(self._segments, default=None)
         if oldest is not None:
             self._read_seq = oldest
@@ -194,9 +196,11 @@ class ForwardQueue:
             self._ready.notify_all()
 
     def _rotate_locked(self) -> _Segment:
-        if self._current is not None and self._current.fd is not None:
-            os.close(self._current.fd)
-            self._current.fd = None
+        if self._current is not None:
+            if self._current.fd is not None:
+                os.close(self._current.fd)
+                self._current.fd = None
+            self._current = None  # (so a failed rotation leaves no segment without a descriptor)
         seq = self._next_seq
         self._next_seq += 1
         path = self.directory / f"q-{seq:016d}.log"
@@ -246,55 +250,128 @@ class ForwardQueue:
         self._read_records = 0
         self._read_spans = 0
 
-    # -- reading (the target's sender) ------------------------------------------------------
+    # -- reading (the target's senders) -----------------------------------------------------
 
     def peek(self, timeout: float | None = None) -> QueuedRequest | None:
-        """The first request not yet done (the same one until :meth:`done`), waiting up to
-        ``timeout`` seconds for one; None when there is none (or the queue closed)."""
+        """The first request not yet done, waiting up to ``timeout`` seconds for one."""
+        return self.next_after(None, timeout)
+
+    def next_after(self, after: QueuedRequest | None, timeout: float | None = None) -> QueuedRequest | None:
+        """The request that follows ``after`` — or the first not yet done, when ``after`` is
+        None or gone (dropped at the bound) — waiting up to ``timeout`` seconds for one to
+        be put; None when there is none (or the queue closed)."""
         with self._lock:
+            if after is None or not self._holds_locked(after):
+                seq, offset = self._read_seq, self._read_offset
+            else:
+                seq, offset = after.segment, after.end
             while not self._closed:
-                segment = self._segments.get(self._read_seq)
-                if segment is not None and self._read_offset < segment.size:
+                segment = self._segments.get(seq)
+                if segment is not None and offset < segment.size:
                     break
-                if segment is not None and segment is not self._current:
-                    self._delete(segment)  # all of it done
-                    continue
-                if segment is None and self._segments:
-                    self._reset_reader(min(self._segments))
-                    continue
+                if segment is None or segment is not self._current:
+                    later = [n for n in self._segments if n > seq]
+                    if later:
+                        seq, offset = min(later), len(SEGMENT_HEADER)
+                        continue
                 if not self._ready.wait(timeout):
                     return None
-                timeout = 0 if timeout is not None else None
+                if timeout is not None:
+                    timeout = 0
+                if seq < self._read_seq or (seq == self._read_seq and offset < self._read_offset):
+                    seq, offset = self._read_seq, self._read_offset  # dropped at the bound meanwhile
             else:
                 return None
-            seq, offset = segment.seq, self._read_offset
-        for request in self._records(segment, offset, None):
-            return request
-        with self._lock:  # damaged: skip the rest of that segment
-            if self._read_seq == seq and seq in self._segments:
-                if self._segments[seq] is self._current:
-                    self._rotate_locked()
-                self._delete(self._segments[seq])
-        return None
+            end = segment.size
+        records = self._records(segment, offset, end)
+        try:
+            request = next(records, None)
+        finally:
+            records.close()
+        if request is None:
+            self._cut_at_damage(segment, offset)
+            return self.next_after(after, 0)
+        return request
 
-    def done(self, request: QueuedRequest) -> None:
-        """The backend took the request, or refused it for good: move past it."""
+    def _cut_at_damage(self, segment: _Segment, offset: int) -> None:
+        """A damaged record: its segment ends there (what followed is counted as dropped),
+        and new requests go to a new segment."""
         with self._lock:
-            if request.segment != self._read_seq or request.offset != self._read_offset:
-                return  # its segment was dropped meanwhile (counted then)
+            if segment.seq not in self._segments or offset >= segment.size:
+                return
+            if segment is self._current:
+                self._rotate_locked()
+            before_records, before_spans = segment.records, segment.spans
+            segment.records = segment.spans = 0
+            kept = len(SEGMENT_HEADER)
+            for request in self._records(segment, len(SEGMENT_HEADER), offset):
+                segment.records += 1
+                segment.spans += request.spans
+                kept = request.end
+            self._total -= segment.size - kept
+            segment.size = kept
+            lost = self.dropped["corrupt"]
+            lost[0] += max(before_records - segment.records - 1, 0)  # (the damaged one is counted already)
+            lost[1] += max(before_spans - segment.spans, 0)
+            self._settle_head_locked()
+
+    def holds(self, request: QueuedRequest) -> bool:
+        """Whether a request is still queued (not done, not dropped at the bound)."""
+        with self._lock:
+            return self._holds_locked(request)
+
+    def _holds_locked(self, request: QueuedRequest) -> bool:
+        if request.segment not in self._segments:
+            return False
+        return request.segment > self._read_seq or (request.segment == self._read_seq and request.offset >= self._read_offset)
+
+    def done(self, request: QueuedRequest, delivered: bool = True) -> None:
+        """The backend took the request (``delivered``) or refused it for good: move past
+        it.  Requests are done in queue order.  One dropped at the bound while it was being
+        sent, then delivered, is no longer counted as dropped."""
+        with self._lock:
+            if not self._holds_locked(request):
+                if delivered and request.segment not in self._segments:
+                    self.dropped["queue_full"][0] -= 1
+                    self.dropped["queue_full"][1] -= request.spans
+                return
+            if (request.segment, request.offset) != (self._read_seq, self._read_offset):
+                raise ValueError("forward queue requests must be done in order")
             self._read_offset = request.end
             self._read_records += 1
             self._read_spans += request.spans
-            self._write_cursor()
+            self._cursor_dirty = True
+            self._settle_head_locked()
 
-    def _write_cursor(self) -> None:
-        path = self.directory / _CURSOR
-        tmp = self.directory / (_CURSOR + ".tmp")
-        try:
-            tmp.write_text(f"{self._read_seq} {self._read_offset}\n")
-            os.replace(tmp, path)
-        except OSError as exc:  # the request may be sent again after a restart: at least once
-            logger.warning("forward queue %s: cannot write its cursor: %s", self.directory, exc.strerror)
+    def _settle_head_locked(self) -> None:
+        """Delete the head's segment once all of it is done (unless it is still written)."""
+        while True:
+            segment = self._segments.get(self._read_seq)
+            if segment is None:
+                if self._segments and min(self._segments) > self._read_seq:
+                    self._reset_reader(min(self._segments))
+                    continue
+                return
+            if self._read_offset < segment.size or segment is self._current:
+                return
+            self._delete(segment)
+
+    def flush_cursor(self) -> None:
+        """Write where delivery stands (after a restart, it goes on from there: what was
+        delivered since the last write is sent again — at least once)."""
+        with self._lock:
+            if not self._cursor_dirty:
+                return
+            self._cursor_dirty = False
+            text = f"{self._read_seq} {self._read_offset}\n"
+        with self._cursor_lock:
+            path = self.directory / _CURSOR
+            tmp = self.directory / (_CURSOR + ".tmp")
+            try:
+                tmp.write_text(text)
+                os.replace(tmp, path)
+            except OSError as exc:
+                logger.warning("forward queue %s: cannot write its cursor: %s", self.directory, exc.strerror)
 
     # -- inspection and closing ---------------------------------------------------------------
 
@@ -317,11 +394,11 @@ class ForwardQueue:
             if self._closed:
                 return
             self._closed = True
-            if self._read_seq in self._segments:
-                self._write_cursor()
+            self._cursor_dirty = True
             for segment in self._segments.values():
                 if segment.fd is not None:
                     os.close(segment.fd)
                     segment.fd = None
             self._ready.notify_all()
+        self.flush_cursor()
 

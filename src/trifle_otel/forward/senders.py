@@ -39,7 +39,9 @@ class HTTPSender:
         self.host = parts.hostname or ""
         self.port = parts.port or (443 if self.https else 80)
         self.path = parts.path + (f"?{parts.query}" if parts.query else "")
-        self.headers = {**target.headers, "Content-Type": "application/x-protobuf", "User-Agent": USER_AGENT}
+        self.headers = {"User-Agent": USER_AGENT} if "user-agent" not in {k.lower() for k in target.headers} else {}
+        self.headers.update(target.headers)
+        self.headers["Content-Type"] = "application/x-protobuf"
         self._conn: http.client.HTTPConnection | None = None
         self._reused = False  # the connection has carried a request already
         self._lock = threading.Lock()
@@ -123,6 +125,7 @@ class GRPCSender:
         self._metadata = tuple(target.headers.items())
         self._compression = grpc.Compression.Gzip if target.gzip else grpc.Compression.NoCompression
         self._call: grpc.Future | None = None
+        self._aborted = False
         self._lock = threading.Lock()
 
     def send(self, record: bytes) -> Outcome:
@@ -131,6 +134,8 @@ class GRPCSender:
                                      compression=self._compression, wait_for_ready=False)
         with self._lock:
             self._call = future
+            if self._aborted:
+                future.cancel()
         try:
             response = future.result()
         except grpc.RpcError as error:
@@ -149,6 +154,7 @@ class GRPCSender:
 
     def abort(self) -> None:
         with self._lock:
+            self._aborted = True
             call = self._call
         if call is not None:
             call.cancel()
@@ -183,7 +189,7 @@ def _status_message(body: bytes, reason: str) -> str:
                 return status.message
         except DecodeError:
             pass
-        text = body.decode("utf-8", "replace").strip()
+        text = " ".join(body.decode("utf-8", "replace").split())
         if text and text.isprintable():
             return text
     return reason or ""

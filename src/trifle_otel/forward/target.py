@@ -37,7 +37,9 @@ DEFAULT_MAX_QUEUE_BYTES = 256 << 20
 DEFAULT_INITIAL_INTERVAL = 1.0
 DEFAULT_MAX_INTERVAL = 30.0
 
-KEYS = ("name", "endpoint", "protocol", "headers", "compression", "timeout", "insecure", "max_queue_bytes", "retry")
+KEYS = ("name", "endpoint", "protocol", "headers", "compression", "timeout", "insecure", "max_queue_bytes", "max_in_flight",
+        "retry")
+MAX_IN_FLIGHT = 64
 RETRY_KEYS = ("initial_interval", "max_interval")
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -57,6 +59,7 @@ class ForwardTarget:
     max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES
     initial_interval: float = DEFAULT_INITIAL_INTERVAL
     max_interval: float = DEFAULT_MAX_INTERVAL
+    max_in_flight: int = 1  # requests sent at once; 1 keeps the backend's order strict
 
     @property
     def gzip(self) -> bool:
@@ -101,12 +104,12 @@ def parse_targets(value: Any, where: str, expand: Callable[[str, str], str] = la
     targets = [_parse_one(entry, f"{where}: forward[{i}]", expand) for i, entry in enumerate(value)]
     seen: dict[str, int] = {}
     for i, target in enumerate(targets):
-        if target.name in seen:
+        if target.name.lower() in seen:
             raise ConfigError(
-                f"{where}: forward[{i}] and forward[{seen[target.name]}] are both named '{target.name}': "
+                f"{where}: forward[{i}] and forward[{seen[target.name.lower()]}] are both named '{target.name}': "
                 "give each target its own name (it names its queue directory)"
             )
-        seen[target.name] = i
+        seen[target.name.lower()] = i
     return targets
 
 
@@ -128,10 +131,11 @@ def _parse_one(entry: Any, where: str, expand: Callable[[str, str], str]) -> For
         raise ConfigError(f"{where}.protocol must be http/protobuf or grpc (got {entry.get('protocol')!r})")
     _check_endpoint(endpoint, protocol, where)
     name = entry.get("name")
-    if name is None:
-        name = urlsplit(endpoint if "://" in endpoint else f"//{endpoint}").hostname or "target"
+    if name is None:  # the host, as a directory name
+        host = _split(endpoint if "://" in endpoint else f"//{endpoint}", where).hostname or "target"
+        name = re.sub(r"[^A-Za-z0-9._-]+", "-", host).strip("-.")[:64] or "target"
     name = str(name)
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         raise ConfigError(
             f"{where}.name must be letters, digits, '.', '_' or '-' (at most 64; it names a directory) (got {name!r})"
         )
@@ -144,6 +148,9 @@ def _parse_one(entry: Any, where: str, expand: Callable[[str, str], str]) -> For
     max_queue_bytes = int(_positive(entry.get("max_queue_bytes", DEFAULT_MAX_QUEUE_BYTES), f"{where}.max_queue_bytes", "bytes"))
     if max_queue_bytes < 1 << 20:
         raise ConfigError(f"{where}.max_queue_bytes must be at least 1 MiB (1048576) (got {max_queue_bytes})")
+    max_in_flight = entry.get("max_in_flight", 1)
+    if isinstance(max_in_flight, bool) or not isinstance(max_in_flight, int) or not 1 <= max_in_flight <= MAX_IN_FLIGHT:
+        raise ConfigError(f"{where}.max_in_flight must be a whole number from 1 to {MAX_IN_FLIGHT} (got {max_in_flight!r})")
     insecure = entry.get("insecure", False)
     if not isinstance(insecure, bool):
         raise ConfigError(f"{where}.insecure must be true or false (got {insecure!r})")
@@ -162,28 +169,40 @@ def _parse_one(entry: Any, where: str, expand: Callable[[str, str], str]) -> For
     return ForwardTarget(
         name=name, endpoint=endpoint, protocol=protocol, headers=_headers(entry.get("headers"), where, protocol, expand),
         compression=compression, timeout=timeout, insecure=insecure, max_queue_bytes=max_queue_bytes,
-        initial_interval=initial, max_interval=maximum,
+        initial_interval=initial, max_interval=maximum, max_in_flight=max_in_flight,
     )
+
+
+def _split(endpoint: str, where: str) -> Any:
+    try:
+        parts = urlsplit(endpoint)
+        parts.port  # noqa: B018 - raises for a bad port
+    except ValueError as exc:
+        raise ConfigError(f"{where}.endpoint cannot be read as a URL ({exc}) (got {endpoint!r})") from None
+    if parts.username is not None or parts.password is not None:
+        raise ConfigError(
+            f"{where}.endpoint must not carry credentials (user:password@): put them in headers "
+            "(such as Authorization: Basic ...), where they are kept out of logs"
+        )
+    return parts
 
 
 def _check_endpoint(endpoint: str, protocol: str, where: str) -> None:
     if protocol == HTTP_PROTOBUF:
-        parts = urlsplit(endpoint)
+        parts = _split(endpoint, where)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ConfigError(
                 f"{where}.endpoint must be an http:// or https:// URL for protocol http/protobuf, such as "
                 f"https://api.honeycomb.io (got {endpoint!r}); for host:port use protocol: grpc"
             )
-        _port(parts, endpoint, where)
         return
     if "://" in endpoint:
-        parts = urlsplit(endpoint)
+        parts = _split(endpoint, where)
         if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
             raise ConfigError(
                 f"{where}.endpoint for grpc must be host:port (api.honeycomb.io:443) or http(s)://host:port, "
                 f"without a path (got {endpoint!r})"
             )
-        _port(parts, endpoint, where)
         return
     host, sep, port = endpoint.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535 or "/" in endpoint or " " in endpoint:
@@ -191,13 +210,6 @@ def _check_endpoint(endpoint: str, protocol: str, where: str) -> None:
             f"{where}.endpoint for grpc must be host:port, such as api.honeycomb.io:443 or 127.0.0.1:4317 "
             f"(got {endpoint!r})"
         )
-
-
-def _port(parts: Any, endpoint: str, where: str) -> None:
-    try:
-        parts.port
-    except ValueError:
-        raise ConfigError(f"{where}.endpoint has a bad port (got {endpoint!r})") from None
 
 
 def _headers(value: Any, where: str, protocol: str, expand: Callable[[str, str], str]) -> dict[str, str]:
@@ -212,12 +224,15 @@ def _headers(value: Any, where: str, protocol: str, expand: Callable[[str, str],
             raise ConfigError(f"{where}.headers: {name!r} is not a valid header name")
         if name.lower() in _RESERVED_HEADERS or (protocol == GRPC and name.lower().startswith("grpc-")):
             raise ConfigError(f"{where}.headers: '{name}' is set by the forwarder itself; leave it out")
+        if protocol == GRPC and name.lower().endswith("-bin"):
+            raise ConfigError(f"{where}.headers: '{name}': binary gRPC metadata (-bin) is not supported; use a text header")
         if raw is None or isinstance(raw, (Mapping, list)):
             raise ConfigError(f"{where}.headers.{name} must be a string")
         text = expand(str(raw), f"{where}.headers.{name}")
-        if not text or any(c in text for c in "\r\n\0"):
+        if not text or not all(" " <= c <= "~" for c in text):
             raise ConfigError(
-                f"{where}.headers.{name} is empty or has a line break (check the environment variable it reads, if any)"
+                f"{where}.headers.{name} must be printable ASCII, not empty and on one line "
+                "(check the environment variable it reads, if any)"
             )
         headers[name.lower() if protocol == GRPC else name] = text  # gRPC metadata keys are lower-case
     return headers

@@ -120,6 +120,7 @@ class _ForwardCollector:
             "queue_max_bytes": GaugeMetricFamily(p + "queue_max_bytes", "The queue's byte bound (forward[].max_queue_bytes)", labels=["target"]),
             "queued_requests": GaugeMetricFamily(p + "queued_requests", "Requests waiting to be sent", labels=["target"]),
             "queued_spans": GaugeMetricFamily(p + "queued_spans", "Spans waiting to be sent", labels=["target"]),
+            "in_flight": GaugeMetricFamily(p + "in_flight", "Requests being sent (forward[].max_in_flight at most)", labels=["target"]),
             "failing": GaugeMetricFamily(p + "failing", "1 while the target's last attempt failed and is being retried", labels=["target"]),
             "last_error_time": GaugeMetricFamily(p + "last_error_timestamp_seconds", "When the target last failed (Unix time; 0: never)", labels=["target"]),
         }

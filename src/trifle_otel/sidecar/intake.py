@@ -81,6 +81,8 @@ class SidecarIntake:
                     return self._refuse("overloaded", self._busy_message(held), 1.0)
                 self._reserved += count
             try:
+                if self.forwarding:  # first, so a crash after the log's sync cannot skip it: at least once
+                    self.forwarding.offer(record, count + batch.rejected_spans)
                 self.wal.append(record)  # durable when it returns
                 queue.put_many(spans)
             except WALFull:  # (another request took the last room first)
@@ -91,8 +93,6 @@ class SidecarIntake:
             finally:
                 with self._lock:
                     self._reserved -= count
-        if self.forwarding:  # on disk per target: sent on by each target's own thread
-            self.forwarding.offer(record, count + batch.rejected_spans)
         self.accepted_requests += 1
         self.accepted_spans += count
         return Admission.accept()
