@@ -246,3 +246,23 @@ def test_at_max_buckets_the_held_sums_are_kept_and_the_newest_cut(tmp_path):
     buffer.flush()
     assert driver.get([("old", "1h", HOUR)]) == [{"count": 5}]
     assert buffer.counters.dropped >= 1
+
+
+def test_add_nested_matches_flatten_at_every_depth():
+    from collections import OrderedDict
+    from decimal import Decimal
+
+    from trifle_otel.stats.values import add_nested, flatten
+
+    values = {
+        "count": 1, "price.eur": 2.5, "$set": 3, "skip": True, "nan": float("nan"), "text": "x",
+        "codes": {"OK": 1, "a.b": 2, 7: 4, "deep": {"er": {"est": 5}}, "flag": False},
+        "mapping": OrderedDict(x=1, y={"z": 2}), "dec": Decimal("1.5"),
+    }
+    target: dict = {}
+    added = add_nested(target, values)
+    add_nested(target, values)
+    expected = flatten(values)
+    assert target == {path: value * 2 for path, value in expected.items()}
+    assert added == len(expected)
+    assert "codes.deep.er.est" in target and "codes.a_b" in target and "_set" in target and "codes.7" in target

@@ -65,7 +65,7 @@ class Stats:
         return self.buffer.driver
 
     def track(self, key: str, at: datetime | float, values: Mapping[str, Any]) -> None:
-        self.buffer.track_values(key, epoch_seconds(at), values)
+        self.buffer.track_values(key, at if type(at) is float else epoch_seconds(at), values)
         if not self.buffered:
             self.buffer.flush()
 

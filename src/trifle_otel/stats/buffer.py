@@ -133,7 +133,7 @@ class StatsBuffer:
     def track_values(self, key: str, ts: float, values: Mapping[str, Any]) -> None:
         """``track`` with nested ``values``, added straight into the (key, second) sums: no
         flat copy is made first (this is the API's hot path)."""
-        ident = (key, _second(ts))
+        ident = (key, int(ts) if 0 <= ts < MAX_SECONDS else _second(ts))
         with self._lock:
             raw = self._raw
             target = raw.get(ident)

@@ -65,23 +65,61 @@ def flatten(values: Mapping[str, Any], prefix: str = "", out: dict[str, Number] 
     return out
 
 
+# prefix -> {name -> prefix + sanitized name}: the dotted path of a value, built once per
+# name instead of once per track (names come from data: the cache is bounded).
+_paths: dict[str, dict[str, str]] = {}
+
+
 def add_nested(target: dict[str, Number], values: Mapping[str, Any], prefix: str = "") -> int:
     """Add the numbers of nested ``values`` into flat ``target`` sums (what :func:`flatten`
     then a sum would do, without the intermediate dict); returns how many were added."""
-    cache = _sanitized
+    paths = _paths.get(prefix)
+    if paths is None:
+        if len(_paths) > 10_000:
+            _paths.clear()
+        paths = _paths[prefix] = {}
     isfinite = math.isfinite
     get = target.get
     added = 0
     for name, value in values.items():
-        clean = cache.get(name) if type(name) is str else None
-        path = prefix + (clean if clean is not None else sanitize_name(name))
+        path = paths.get(name) if type(name) is str else None
+        if path is None:
+            path = prefix + sanitize_name(name)
+            if type(name) is str:
+                if len(paths) > 10_000:
+                    paths.clear()
+                paths[name] = path
         kind = type(value)
-        if kind is int or (kind is float and isfinite(value)) or (kind is not float and kind is not dict
-                                                                     and is_number(value)):
+        if kind is int or (kind is float and isfinite(value)):
             target[path] = get(path, 0) + value
             added += 1
-        elif kind is dict or isinstance(value, Mapping):
+        elif kind is dict:  # the next level inline (result codes, duration triples): no call per level
+            inner_prefix = path + "."
+            inner = _paths.get(inner_prefix)
+            if inner is None:
+                inner = _paths[inner_prefix] = {}
+            for name2, value2 in value.items():
+                path2 = inner.get(name2) if type(name2) is str else None
+                if path2 is None:
+                    path2 = inner_prefix + sanitize_name(name2)
+                    if type(name2) is str:
+                        if len(inner) > 10_000:
+                            inner.clear()
+                        inner[name2] = path2
+                kind2 = type(value2)
+                if kind2 is int or (kind2 is float and isfinite(value2)):
+                    target[path2] = get(path2, 0) + value2
+                    added += 1
+                elif kind2 is dict or isinstance(value2, Mapping):
+                    added += add_nested(target, value2, path2 + ".")
+                elif kind2 is not float and is_number(value2):
+                    target[path2] = get(path2, 0) + value2
+                    added += 1
+        elif isinstance(value, Mapping):
             added += add_nested(target, value, path + ".")
+        elif kind is not float and is_number(value):
+            target[path] = get(path, 0) + value
+            added += 1
     return added
 
 
