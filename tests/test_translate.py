@@ -318,3 +318,20 @@ def test_result_lines_and_their_media_lines_name_their_step():
     assert (media["span_id"], media["step"]) == (child.span_id, "dump")
     last = doc.lines[-1]
     assert last["message"] == "↳ done" and (last["span_id"], last["step"]) == (root.span_id, "job")
+
+
+def test_an_encoded_document_waits_for_its_write_as_few_collector_objects():
+    import gc
+
+    from trifle_otel.sinks import encode_parts, part_lines
+
+    root = make_span("run/job", 0, 100, kind="consumer", parent_span_id="ab" * 8, attributes={"customer.id": "acme"})
+    steps = [make_span(f"step {n}", 10 + n, 20 + n, root) for n in range(5)]
+    doc = translate(execution(root, *steps), tag_attributes=["customer.id"])
+    lines = [dict(line) for line in doc.lines]
+    encode_parts(doc)
+    gc.collect()  # tuples of untracked items are untracked by a collection
+    for value in (doc.bodies, doc.lines, doc.parts, doc.artifacts, doc.record["segments"], doc.record["tags"]):
+        assert not gc.is_tracked(value), value
+    assert part_lines(doc) == [lines]  # nothing lost
+    assert list(doc.record["tags"]) == ["customer.id:acme"] and doc.record["segments"] == ("run", "run/job")

@@ -22,10 +22,22 @@ def encode_parts(doc: Document, compressed: bool = False) -> Document:
     as a few bytes objects rather than thousands of dicts, which the garbage collector would
     otherwise promote and scan again and again in the host application's process."""
     if doc.bodies is None:
-        doc.bodies = [encode_part(lines, compressed) for lines in doc.parts]
-        doc.lines = []
-        doc.parts = []
+        doc.bodies = tuple([encode_part(lines, compressed) for lines in doc.parts])
+        doc.lines = ()
+        doc.parts = ()
+        if not doc.artifacts:
+            doc.artifacts = ()
+        # Tuples of strings are not tracked by the collector: a document waiting for its
+        # write costs it a few objects, not ten.
+        record = doc.record
+        for name in _RECORD_LISTS:
+            value = record.get(name)
+            if type(value) is list:
+                record[name] = tuple(value)
     return doc
+
+
+_RECORD_LISTS = ("segments", "tags")
 
 
 def part_lines(doc: Document) -> list[list[dict[str, Any]]]:

@@ -33,6 +33,9 @@ TTL_INDEX = ("expires_at_ttl", [("expires_at", 1)])
 def _to_document(record: dict[str, Any]) -> dict[str, Any]:
     doc = {k: v for k, v in record.items() if k != "reference"}
     doc["_id"] = record["reference"]
+    for name in ("segments", "tags"):  # arrays, whatever sequence the record holds
+        if isinstance(doc.get(name), tuple):
+            doc[name] = list(doc[name])
     doc["meta"] = json.dumps(record.get("meta") or {}, ensure_ascii=False, default=str)
     doc["context"] = json.dumps(record.get("context") or {}, ensure_ascii=False, default=str)
     size = bson_size(doc)
