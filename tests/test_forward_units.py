@@ -453,3 +453,27 @@ def test_default_names_are_directory_safe():
     assert target.name == "1"
     (target,) = parse_targets([{"endpoint": "https://Api.Honeycomb.io"}], "t")
     assert target.name == "api.honeycomb.io"
+
+
+def test_a_target_that_is_the_sidecar_itself_is_refused():
+    from trifle_otel.forward.target import forwards_to_itself
+
+    listens = [("127.0.0.1", 4317), ("127.0.0.1", 4318)]
+    targets = parse_targets([
+        {"name": "a", "endpoint": "http://localhost:4318"},
+        {"name": "b", "endpoint": "127.0.0.1:4317", "protocol": "grpc", "insecure": True},
+        {"name": "c", "endpoint": "http://127.0.0.1:14318"},
+        {"name": "d", "endpoint": "https://api.honeycomb.io"},
+    ], "t")
+    assert [forwards_to_itself(t, listens) for t in targets] == [True, True, False, False]
+    assert forwards_to_itself(targets[0], [("0.0.0.0", 4318)])
+    assert not forwards_to_itself(targets[0], [("127.0.0.1", 0)])
+
+
+def test_serve_refuses_to_forward_to_itself(tmp_path):
+    from trifle_otel.sidecar.server import Sidecar
+
+    config = load_config(overrides={"home": str(tmp_path), "http_listen": "127.0.0.1:4318",
+                                    "forward": [{"name": "me", "endpoint": "http://127.0.0.1:4318"}]}, environ={})
+    with pytest.raises(ConfigError, match=r"forward\[0\] \(me\) points at this sidecar's own receivers"):
+        Sidecar(config)

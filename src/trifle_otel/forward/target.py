@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 
 from ..errors import ConfigError
 
-__all__ = ["ForwardTarget", "parse_targets", "HTTP_PROTOBUF", "GRPC"]
+__all__ = ["ForwardTarget", "parse_targets", "forwards_to_itself", "HTTP_PROTOBUF", "GRPC"]
 
 HTTP_PROTOBUF = "http/protobuf"
 GRPC = "grpc"
@@ -260,3 +260,28 @@ def _hint(word: str, choices) -> str:
     close = difflib.get_close_matches(word, list(choices), n=1)
     return f" (did you mean '{close[0]}'?)" if close else f" (known: {', '.join(choices)})"
 
+
+
+_LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "0.0.0.0", "::", ""}
+
+
+def forwards_to_itself(target: ForwardTarget, listens: list[tuple[str, int]]) -> bool:
+    """Whether a target is one of the sidecar's own receivers (``listens``: host, port):
+    every request would come back and be forwarded again, without end."""
+    if target.protocol == GRPC:
+        host, _, port_text = target.grpc_target()[0].rpartition(":")
+        host = host.strip("[]")
+        port = int(port_text)
+    else:
+        parts = urlsplit(target.url())
+        host, port = parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
+    host = host.lower()
+    for listen_host, listen_port in listens:
+        if port != listen_port or listen_port == 0:
+            continue
+        listen_host = listen_host.lower()
+        if host == listen_host or (host in _LOCAL_HOSTS and (listen_host in _LOCAL_HOSTS or listen_host.startswith("127."))):
+            return True
+        if listen_host in ("0.0.0.0", "::") and (host in _LOCAL_HOSTS or host.startswith("127.")):
+            return True
+    return False

@@ -28,6 +28,7 @@ from typing import Any, Protocol
 from ..config import Config
 from ..errors import ConfigError, StoreError
 from ..forward import Forwarding
+from ..forward.target import forwards_to_itself
 from ..ingest.metrics import ReceiverMetrics
 from ..ingest.otlp_grpc import GRPCServer
 from ..ingest.otlp_http import HTTPServer, create_http_app, listen_socket
@@ -61,6 +62,13 @@ class Sidecar:
         self.http_address = config.http_address()
         if self.grpc_address is None and self.http_address is None:
             raise ConfigError("both receivers are off: give --grpc HOST:PORT or --http HOST:PORT (receivers.grpc / receivers.http)")
+        listens = [a for a in (self.grpc_address, self.http_address) if a is not None]
+        for number, target in enumerate(config.forward):
+            if forwards_to_itself(target, listens):
+                raise ConfigError(
+                    f"forward[{number}] ({target.name}) points at this sidecar's own receivers ({target.endpoint}): "
+                    "every request would be forwarded back to it without end; forward to your tracing backend"
+                )
         ui = (config.ui_listen or "off").strip()
         self.ui_listen = None if ui.lower() == "off" else ui  # the web UI, served by this process too
         self.wal_dir = config.home_path / "wal"
