@@ -277,3 +277,76 @@ def test_several_requests_in_flight_carry_a_slow_backend(tmp_path):
             wait_until(lambda: metric(serve, "forward_queued_requests", target="slow") == 0)
         finally:
             assert serve.stop() == 0
+
+
+class ByteCountingRelay:
+    """A TCP relay on 127.0.0.1 that counts the bytes a client sends through it."""
+
+    def __init__(self, upstream_port: int) -> None:
+        import socket
+
+        self.upstream_port = upstream_port
+        self.sent = 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            threading.Thread(target=self._pipe, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, False), daemon=True).start()
+
+    def _pipe(self, source, sink, counted: bool) -> None:
+        try:
+            while data := source.recv(65536):
+                if counted:
+                    with self.lock:
+                        self.sent += len(data)
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (source, sink):
+                try:
+                    s.close()
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_compression_is_on_the_wire(protocol):
+    """The target's ``compression`` is what crosses the network: gzip sends a fraction of
+    the bytes of none for the same (compressible) request."""
+    from trifle_otel.forward.senders import make_sender
+    from trifle_otel.forward.target import parse_targets
+    from trifle_otel.ingest.otlp_intake import ReceivedBatch
+
+    request = sdk_request(jobs=40, steps=5)
+    record = ReceivedBatch([], request.SerializeToString()).to_record()  # received uncompressed
+    sent = {}
+    with RecordingOTLPServer(protocol) as backend:
+        for compression in ("gzip", "none"):
+            relay = ByteCountingRelay(backend.port)
+            endpoint = f"http://127.0.0.1:{relay.port}"
+            (target,) = parse_targets([{"name": "t", "endpoint": endpoint, "protocol": protocol,
+                                        "compression": compression}], "test")
+            sender = make_sender(target)
+            try:
+                assert sender.send(record).delivered
+            finally:
+                sender.close()
+                relay.close()
+            sent[compression] = relay.sent
+        assert [r.request() for r in backend.delivered] == [request, request]
+    assert sent["gzip"] * 3 < sent["none"], sent
