@@ -9,10 +9,10 @@ settles everything it holds (finished executions written, running ones carried f
 by a last checkpoint), the forward targets get a few seconds to send what is queued (the
 rest stays in their queues on disk), the log is closed.
 
-Forwarding (``forward:`` in the config) starts before the receivers: each accepted
-request is appended to every target's queue after the log, and sent on by that target's
-thread.  Requests replayed from the log at start are not forwarded again: the queues
-kept them.
+Forwarding (``forward:`` in the config) starts before the receivers: each request taken
+is appended to every target's queue just before the log (a crash in between forwards it
+and the client's retry again: at least once), and sent on by that target's threads.
+Requests replayed from the log at start are not forwarded again: the queues kept them.
 
 The web UI, served by the same process, is one more entry in :attr:`Sidecar.servers`
 (anything with ``start()``/``stop()``), started after the receivers.
