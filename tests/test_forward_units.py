@@ -477,3 +477,16 @@ def test_serve_refuses_to_forward_to_itself(tmp_path):
                                     "forward": [{"name": "me", "endpoint": "http://127.0.0.1:4318"}]}, environ={})
     with pytest.raises(ConfigError, match=r"forward\[0\] \(me\) points at this sidecar's own receivers"):
         Sidecar(config)
+
+
+def test_the_readme_forward_example_loads(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    block = readme.split("### Forwarding to your tracing backend", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    path = tmp_path / "forward.yaml"
+    path.write_text(block)
+    monkeypatch.setenv("HONEYCOMB_API_KEY", "k")
+    honeycomb, tempo = load_config(path, environ={}).forward
+    assert honeycomb.url() == "https://api.honeycomb.io/v1/traces" and honeycomb.headers == {"x-honeycomb-team": "k"}
+    assert tempo.grpc_target() == ("tempo.internal:4317", False)
