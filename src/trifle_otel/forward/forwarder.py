@@ -116,15 +116,14 @@ class Forwarder:
         while not self._stop.is_set():
             try:
                 entry = self._claim()
-            except Exception:
-                logger.exception("trifle-otel: forwarding to %s: reading its queue failed", self.target.name)
+                if entry is None:
+                    self._flush_cursor(force=True)
+                    continue
+                self._settle(entry, self._deliver(sender, entry.request))
+                self._flush_cursor()
+            except Exception:  # the thread goes on: a target must not stop forwarding for good
+                logger.exception("trifle-otel: forwarding to %s: its queue failed", self.target.name)
                 self._stop.wait(1.0)
-                continue
-            if entry is None:
-                self._flush_cursor(force=True)
-                continue
-            self._settle(entry, self._deliver(sender, entry.request))
-            self._flush_cursor()
 
     def _claim(self) -> _InFlight | None:
         with self._claim_lock:
