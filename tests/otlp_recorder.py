@@ -595,8 +595,11 @@ def _send_http(handler: _Handler, answer: Answer, media: str) -> None:
         handler.send_header("Retry-After", str(int(delay)) if float(delay).is_integer() else f"{delay:g}")
     if handler.close_connection:
         handler.send_header("Connection", "close")
-    handler.end_headers()
-    if handler.command != "HEAD":
+    handler.end_headers()  # sends the headers: with an empty body, the whole answer
+    if handler.command != "HEAD" and body:
+        # (no write of zero bytes: on a connection stop() has just shut, it fails after the
+        # client already has its whole answer, and the request would wrongly count as not
+        # delivered)
         handler.wfile.write(body)
     handler.wfile.flush()
 
