@@ -93,29 +93,7 @@ def add_nested(target: dict[str, Number], values: Mapping[str, Any], prefix: str
         if kind is int or (kind is float and isfinite(value)):
             target[path] = get(path, 0) + value
             added += 1
-        elif kind is dict:  # the next level inline (result codes, duration triples): no call per level
-            inner_prefix = path + "."
-            inner = _paths.get(inner_prefix)
-            if inner is None:
-                inner = _paths[inner_prefix] = {}
-            for name2, value2 in value.items():
-                path2 = inner.get(name2) if type(name2) is str else None
-                if path2 is None:
-                    path2 = inner_prefix + sanitize_name(name2)
-                    if type(name2) is str:
-                        if len(inner) > 10_000:
-                            inner.clear()
-                        inner[name2] = path2
-                kind2 = type(value2)
-                if kind2 is int or (kind2 is float and isfinite(value2)):
-                    target[path2] = get(path2, 0) + value2
-                    added += 1
-                elif kind2 is dict or isinstance(value2, Mapping):
-                    added += add_nested(target, value2, path2 + ".")
-                elif kind2 is not float and is_number(value2):
-                    target[path2] = get(path2, 0) + value2
-                    added += 1
-        elif isinstance(value, Mapping):
+        elif kind is dict or isinstance(value, Mapping):
             added += add_nested(target, value, path + ".")
         elif kind is not float and is_number(value):
             target[path] = get(path, 0) + value
