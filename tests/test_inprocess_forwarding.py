@@ -161,21 +161,9 @@ def test_otlp_and_trifle_exporters_under_opentelemetry_instrument(tmp_path, prot
     job.write_text(JOB)
     home = tmp_path / "store"
     with RecordingOTLPServer(protocol) as backend:
-        env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "TRIFLE_OTEL_"))},
-            "OTEL_TRACES_EXPORTER": "otlp,trifle",
-            "OTEL_EXPORTER_OTLP_PROTOCOL": protocol,
-            "OTEL_EXPORTER_OTLP_ENDPOINT": backend.url,  # http://: plain text, also for gRPC
-            "OTEL_EXPORTER_OTLP_HEADERS": "x-honeycomb-team=test-key",
-            "OTEL_METRICS_EXPORTER": "none",
-            "OTEL_LOGS_EXPORTER": "none",
-            "OTEL_SERVICE_NAME": "reports-worker",
-            "TRIFLE_OTEL_HOME": str(home),
-        }
-        proc = subprocess.run(
-            [str(BIN / "opentelemetry-instrument"), sys.executable, str(job)],
-            env=env, capture_output=True, text=True, timeout=120,
-        )
+        proc = instrumented(job, home, OTEL_EXPORTER_OTLP_PROTOCOL=protocol,
+                            OTEL_EXPORTER_OTLP_ENDPOINT=backend.url,  # http://: plain text, also for gRPC
+                            OTEL_EXPORTER_OTLP_HEADERS="x-honeycomb-team=test-key")
         assert proc.returncode == 0, proc.stderr
         assert "job done" in proc.stdout
         printed = [tuple(line.split(" ", 3)[1:]) for line in proc.stdout.splitlines() if line.startswith("span ")]
@@ -188,6 +176,22 @@ def test_otlp_and_trifle_exporters_under_opentelemetry_instrument(tmp_path, prot
         resource = backend.delivered[0].request().resource_spans[0].resource
         assert {a.key: a.value.string_value for a in resource.attributes}["service.name"] == "reports-worker"
     assert_stored(home, printed)
+
+
+def instrumented(job: Path, home: Path, **variables: str) -> subprocess.CompletedProcess:
+    """``job`` under ``opentelemetry-instrument`` with ``OTEL_TRACES_EXPORTER=otlp,trifle``,
+    a clean OTEL_/TRIFLE_OTEL_ environment and ``variables``."""
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "TRIFLE_OTEL_"))},
+        "OTEL_TRACES_EXPORTER": "otlp,trifle",
+        "OTEL_METRICS_EXPORTER": "none",
+        "OTEL_LOGS_EXPORTER": "none",
+        "OTEL_SERVICE_NAME": "reports-worker",
+        "TRIFLE_OTEL_HOME": str(home),
+        **variables,
+    }
+    return subprocess.run([str(BIN / "opentelemetry-instrument"), sys.executable, str(job)],
+                          env=env, capture_output=True, text=True, timeout=120)
 
 
 def assert_stored(home: Path, printed: list[tuple[str, ...]]) -> None:
@@ -212,22 +216,9 @@ def test_otlp_first_with_a_backend_hanging_at_exit_still_stores_every_execution(
     home = tmp_path / "store"
     with RecordingOTLPServer("http") as backend:
         backend.always(Answer(delay=60))  # cut short by stop()
-        env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "TRIFLE_OTEL_"))},
-            "OTEL_TRACES_EXPORTER": "otlp,trifle",
-            "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
-            "OTEL_EXPORTER_OTLP_ENDPOINT": backend.url,
-            "OTEL_EXPORTER_OTLP_TIMEOUT": "5.5",
-            "OTEL_BSP_SCHEDULE_DELAY": "60000",
-            "OTEL_METRICS_EXPORTER": "none",
-            "OTEL_LOGS_EXPORTER": "none",
-            "OTEL_SERVICE_NAME": "reports-worker",
-            "TRIFLE_OTEL_HOME": str(home),
-        }
-        proc = subprocess.run(
-            [str(BIN / "opentelemetry-instrument"), sys.executable, str(job)],
-            env=env, capture_output=True, text=True, timeout=120,
-        )
+        proc = instrumented(job, home, OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
+                            OTEL_EXPORTER_OTLP_ENDPOINT=backend.url, OTEL_EXPORTER_OTLP_TIMEOUT="5.5",
+                            OTEL_BSP_SCHEDULE_DELAY="60000")
         assert proc.returncode == 0, proc.stderr
         assert len(backend.attempts) >= 1 and backend.delivered == []  # the OTLP exporter did try
     printed = [tuple(line.split(" ", 3)[1:]) for line in proc.stdout.splitlines() if line.startswith("span ")]
