@@ -490,3 +490,22 @@ def test_the_readme_forward_example_loads(tmp_path, monkeypatch):
     honeycomb, tempo = load_config(path, environ={}).forward
     assert honeycomb.url() == "https://api.honeycomb.io/v1/traces" and honeycomb.headers == {"x-honeycomb-team": "k"}
     assert tempo.grpc_target() == ("tempo.internal:4317", False)
+
+
+def test_a_request_the_queue_cannot_take_is_counted_not_raised(tmp_path):
+    from trifle_otel.errors import StoreError
+    from trifle_otel.forward import Forwarding
+
+    (target,) = parse_targets([{"name": "t", "endpoint": "https://x"}], "t")
+    forwarding = Forwarding([target], tmp_path)  # not started: nothing is sent
+    (forwarder,) = forwarding.forwarders
+
+    def full(payload, spans=0):
+        raise StoreError("cannot write to the forward queue: No space left on device")
+
+    forwarder.queue.put = full
+    forwarding.offer(b"request", 3)
+    metrics = forwarder.metrics()
+    assert metrics["dropped"]["queue_write_failed"] == [1, 3]
+    assert "No space left on device" in metrics["last_error"]
+    forwarder.queue.close()

@@ -77,9 +77,7 @@ class Forwarding:
             try:
                 forwarder.queue.put(record, spans)
             except Exception as exc:  # (a full disk: StoreError) ingest goes on regardless
-                forwarder.counters.drop("queue_write_failed", 1, spans)
-                forwarder.counters.last_error = str(exc)
-                forwarder.counters.last_error_time = time.time()
+                forwarder.not_queued(spans, exc)
                 now = time.monotonic()
                 if now - self._last_failure_log > 60.0:
                     self._last_failure_log = now

@@ -94,10 +94,6 @@ class Forwarder:
         self._unlogged = 0
         self._last_cursor = 0.0
 
-    @property
-    def sender(self) -> Sender:
-        return self.senders[0]
-
     def start(self) -> "Forwarder":
         for n, sender in enumerate(self.senders):
             thread = threading.Thread(target=self._run, args=(sender,), daemon=True,
@@ -220,6 +216,12 @@ class Forwarder:
     def _note_error(self, outcome: Outcome) -> None:
         self.counters.last_error = _said(outcome)
         self.counters.last_error_time = time.time()
+
+    def not_queued(self, spans: int, error: BaseException) -> None:
+        """A request that could not be put in the queue (a full disk): counted as dropped."""
+        with self._lock:
+            self.counters.drop("queue_write_failed", 1, spans)
+            self._note_error(Outcome("drop", "queue_write_failed", str(error)))
 
     def _log_refusal(self, text: str, exc_info: bool = False) -> None:
         with self._lock:
