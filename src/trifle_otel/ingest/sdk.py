@@ -111,6 +111,11 @@ class SDKStarts:
         self.skip_producers = skip_bare_producers
 
     def kind(self, span: Any) -> str | None:
+        """``root``, ``step``, or None for nothing to do: an enqueue, or a span that has
+        ended already (its end is in the batch the worker takes with it, or the next one,
+        and says everything its start would: most steps are over before the worker looks)."""
+        if getattr(span, "_end_time", None) is not None:
+            return None
         parent = span.parent
         if parent is not None and not parent.is_remote:
             return STEP
