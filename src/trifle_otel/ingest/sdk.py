@@ -9,14 +9,15 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from ..model import Event, Link, Span
 
+# Keyed by the enums' values: an enum member hashes in Python code, its value in C.
 _KIND = {
-    SpanKind.INTERNAL: "internal",
-    SpanKind.SERVER: "server",
-    SpanKind.CLIENT: "client",
-    SpanKind.PRODUCER: "producer",
-    SpanKind.CONSUMER: "consumer",
+    SpanKind.INTERNAL.value: "internal",
+    SpanKind.SERVER.value: "server",
+    SpanKind.CLIENT.value: "client",
+    SpanKind.PRODUCER.value: "producer",
+    SpanKind.CONSUMER.value: "consumer",
 }
-_STATUS = {StatusCode.UNSET: "unset", StatusCode.OK: "ok", StatusCode.ERROR: "error"}
+_STATUS = {StatusCode.UNSET.value: "unset", StatusCode.OK.value: "ok", StatusCode.ERROR.value: "error"}
 
 # Resources are shared by every span of a provider: convert each one once.
 _resource_cache: dict[int, tuple[Any, Mapping[str, Any]]] = {}
@@ -56,6 +57,41 @@ def _attrs(mapping: Any, frozen: bool = True) -> Mapping[str, Any]:
     return {}
 
 
+def _hex_ids() -> tuple[Any, Any]:
+    """Id formatters that remember the last id: the spans of one execution arrive together
+    and share their trace id, and siblings share their parent's id.  (Each remembers one
+    ``(id, text)`` pair, replaced whole: safe when several threads convert.)"""
+    last_trace: list[tuple[Any, str]] = [(None, "")]
+    last_parent: list[tuple[Any, str]] = [(None, "")]
+
+    def trace_hex(value: int) -> str:
+        known = last_trace[0]
+        if known[0] == value:
+            return known[1]
+        text = format(value, "032x")
+        last_trace[0] = (value, text)
+        return text
+
+    def parent_hex(value: int) -> str:
+        known = last_parent[0]
+        if known[0] == value:
+            return known[1]
+        text = format(value, "016x")
+        last_parent[0] = (value, text)
+        return text
+
+    return trace_hex, parent_hex
+
+
+_trace_hex, _parent_hex = _hex_ids()
+
+
+def _items(sequence: Any) -> Any:
+    """An SDK ``BoundedList``'s items without its Python-level ``__len__`` (truth tests on
+    it run for every span)."""
+    return getattr(sequence, "_dq", sequence)
+
+
 def from_readable_span(span: ReadableSpan) -> Span:
     """Convert one SDK span.  Reads the SDK's fields directly when it can (this runs for
     every span on the worker), and through the public properties otherwise."""
@@ -75,16 +111,18 @@ def from_readable_span(span: ReadableSpan) -> Span:
         attributes, events, links = span.attributes, span.events, span.links
         kind, scope, start = span.kind, span.instrumentation_scope, span.start_time
     frozen = end is not None
+    events = _items(events)
+    links = _items(links)
     return Span(
-        format(ctx.trace_id, "032x"),
+        _trace_hex(ctx.trace_id),
         format(ctx.span_id, "016x"),
         span.name,
         start or 0,
         end,
-        format(parent.span_id, "016x") if parent is not None else None,
+        _parent_hex(parent.span_id) if parent is not None else None,
         parent is not None and parent.is_remote,
-        _KIND.get(kind, "internal"),
-        _STATUS.get(status.status_code, "unset") if status is not None else "unset",
+        _KIND.get(getattr(kind, "_value_", kind), "internal"),
+        _STATUS.get(getattr(status.status_code, "_value_", None), "unset") if status is not None else "unset",
         (status.description or "") if status is not None else "",
         _attrs(attributes, frozen),
         tuple([Event(e.name, e.timestamp, _attrs(e.attributes)) for e in events]) if frozen and events else (),
