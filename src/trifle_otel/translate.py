@@ -56,9 +56,34 @@ def segments_of(key: str) -> list[str]:
     return ["/".join(pieces[: i + 1]) for i in range(len(pieces))]
 
 
+_SLASHES = re.compile(r"/+")
+_clean_keys: dict[str, str] = {}
+
+
 def clean_key(key: str) -> str:
-    key = re.sub(r"/+", "/", storable(key).strip()).strip("/")
-    return key[:MAX_KEY_LENGTH] or "unnamed"
+    """A key as stored: no empty segments, no lone surrogates, at most 256 characters.
+    Remembered per raw key: a fleet's executions use a handful of keys, over and over."""
+    cleaned = _clean_keys.get(key)
+    if cleaned is None:
+        cleaned = _SLASHES.sub("/", storable(key).strip()).strip("/")[:MAX_KEY_LENGTH] or "unnamed"
+        if len(_clean_keys) >= 10_000:  # keys come from data: bound what is remembered
+            _clean_keys.clear()
+        _clean_keys[key] = cleaned
+    return cleaned
+
+
+_segments: dict[str, tuple[str, ...]] = {}
+
+
+def _segments_of(key: str) -> tuple[str, ...]:
+    """``segments_of`` as a tuple, remembered per key (the record keeps it as it is)."""
+    found = _segments.get(key)
+    if found is None:
+        found = tuple(segments_of(key))
+        if len(_segments) >= 10_000:
+            _segments.clear()
+        _segments[key] = found
+    return found
 
 
 def to_datetime(ns: int) -> datetime:
@@ -140,7 +165,7 @@ class Translator:
         record = {
             "reference": reference,
             "key": key,
-            "segments": segments_of(key),
+            "segments": _segments_of(key),
             "tags": sorted(storable(t[:MAX_TAG_LENGTH]) for t in tag_set if t)[:MAX_TAGS],
             "state": state,
             "meta": meta,
@@ -193,6 +218,10 @@ class Translator:
                 continue
             if len(meta) >= MAX_META_KEYS:
                 dropped += 1
+                continue
+            kind = type(value)
+            if (kind is str and len(value) * 4 <= self._meta_limit) or kind is int or kind is float or kind is bool:
+                meta[key] = value  # the usual attribute: kept as it is
                 continue
             if isinstance(value, tuple):
                 value = list(value)
