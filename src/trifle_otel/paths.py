@@ -29,6 +29,18 @@ _FIELDS: dict[str, Getter] = {
     "scope.name": lambda s: s.scope,
 }
 
+_FIELDS_IN_CONTEXT: dict[str, Callable[[Span, Any], Any]] = {
+    "name": lambda s, ctx: s.name,
+    "kind": lambda s, ctx: s.kind,
+    "status.code": lambda s, ctx: s.status,
+    "status.message": lambda s, ctx: s.status_message,
+    "duration": lambda s, ctx: s.duration_ms,
+    "trace_id": lambda s, ctx: s.trace_id,
+    "span_id": lambda s, ctx: s.span_id,
+    "scope.name": lambda s, ctx: s.scope,
+}
+assert set(_FIELDS_IN_CONTEXT) == set(_FIELDS)
+
 KNOWN_PATHS = tuple(_FIELDS) + ('attributes["<key>"]', 'resource.attributes["<key>"]')
 
 
@@ -38,14 +50,33 @@ def compile_path(path: str) -> Getter:
     getter = _FIELDS.get(text)
     if getter is not None:
         return getter
+    resource, key = _attribute(path, text)
+    if resource:
+        return lambda s: s.resource.get(key)
+    return lambda s: s.attributes.get(key)
+
+
+def compile_path_in_context(path: str) -> Callable[[Span, Any], Any]:
+    """``compile_path`` for callers that pass a context too (the stats rules): a getter of
+    ``(span, context)`` that reads the span directly, one call per value on the hot path."""
+    text = path.strip()
+    field_getter = _FIELDS_IN_CONTEXT.get(text)
+    if field_getter is not None:
+        return field_getter
+    resource, key = _attribute(path, text)
+    if resource:
+        return lambda s, ctx: s.resource.get(key)
+    return lambda s, ctx: s.attributes.get(key)
+
+
+def _attribute(path: str, text: str) -> tuple[bool, str]:
+    """``(resource?, key)`` of an attribute path, or ConfigError saying what is wrong."""
     match = _ATTR.match(text)
     if match:
         key = next(g for g in match.groups()[1:] if g is not None).strip()
         if not key:
             raise ConfigError(f"path {path!r} names an empty attribute key")
-        if match.group(1):
-            return lambda s: s.resource.get(key)
-        return lambda s: s.attributes.get(key)
+        return bool(match.group(1)), key
     raise ConfigError(f"unknown path {path!r}: use one of {', '.join(KNOWN_PATHS)}")
 
 

@@ -188,8 +188,12 @@ class StatsBuffer:
         items = []
         for track in tracks:
             if track[2]:
+                ts = track[1]
+                if 0 <= ts < MAX_SECONDS:  # (the usual time, checked without a call)
+                    items.append((track[0], int(ts), track[2]))
+                    continue
                 try:
-                    items.append((track[0], _second(track[1]), track[2]))
+                    items.append((track[0], _second(ts), track[2]))
                 except ValueError:  # a time out of range: that track only is refused
                     self.counters.dropped += 1
         if not items:

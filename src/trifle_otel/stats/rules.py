@@ -38,7 +38,7 @@ import yaml
 
 from ..errors import ConfigError
 from ..model import Span
-from ..paths import compile_path
+from ..paths import compile_path_in_context
 from ..yamlfile import parse_yaml, read_text
 from .values import is_number, sanitize_name
 
@@ -97,10 +97,9 @@ def _path(rule: str, text: str) -> Getter:
     if text == "execution.key":
         return lambda span, ctx: ctx.get("key")
     try:
-        getter = compile_path(text)
+        return compile_path_in_context(text)
     except ConfigError as exc:
         raise RuleError(f"rule {rule!r}: {exc} (or execution.state, execution.key)") from None
-    return lambda span, ctx: getter(span)
 
 
 # Values a path can only ever have: a bare word naming one of them is read as that string.
@@ -261,6 +260,14 @@ def _key_template(rule: str, template: Any) -> Callable[[Span, Context], str | N
     parts.append(template[pos:])
     if "{" in "".join(p for p in parts if isinstance(p, str)) or "}" in "".join(p for p in parts if isinstance(p, str)):
         raise RuleError(f"rule {rule!r}: key {template!r} has an unmatched brace")
+
+    if len(parts) == 1:  # no placeholder: the same key for every span
+        literal = parts[0]
+
+        def render_literal(span: Span, ctx: Context) -> str | None:
+            return literal
+
+        return render_literal
 
     def render(span: Span, ctx: Context) -> str | None:
         out = []
