@@ -44,6 +44,7 @@ from .writer import DocumentWriter
 
 logger = logging.getLogger("trifle_otel")
 
+CHUNK = 256  # spans the worker takes through assembly, translation and stats at a time
 POLL_INTERVAL = 0.1  # seconds the worker sleeps when nothing wakes it (new live roots, grace)
 FLUSH_RETRY = 2.0  # seconds a flush tries again while the stores refuse
 
@@ -280,9 +281,24 @@ class Pipeline:
         """One round; True (for a flush) when everything is in the stores."""
         if self._durability is not None:
             return self._durable_cycle(flush=flush, final=final)
-        self._assemble(self.intake.take())
+        ended, started = self.intake.take()
         now_ns = time.time_ns()
-        finished, ignored = self._finish(self.assembler.collect(ignore_grace=flush, final=final), now_ns)
+        finished: list[Document] = []
+        ignored: list[Document] = []
+        # A few hundred spans at a time, each through to its documents: the spans and
+        # executions made from them die young, instead of a whole batch of them outliving
+        # the collector's young generations and making it scan the application's heap.
+        while True:
+            chunk = ended[:CHUNK]
+            del ended[:CHUNK]
+            self._assemble((chunk, started))
+            started = []
+            del chunk
+            done, skipped = self._finish(self.assembler.collect(ignore_grace=flush, final=final and not ended), now_ns)
+            finished += done
+            ignored += skipped
+            if not ended:
+                break
         live = self._live_documents(now_ns, ignored) if self.live is not None and not final else []
         self.store.hand(finished, live, ignored)
         if flush or final:
