@@ -21,9 +21,22 @@ def safe_segment(segment: str) -> str:
     return "_" * len(cleaned) if set(cleaned) <= {"."} else cleaned
 
 
+_safe_keys: dict[str, str] = {}
+
+
+def _safe_key(key: str) -> str:
+    """A key as a path (each segment made safe), remembered: executions share their keys."""
+    safe = _safe_keys.get(key)
+    if safe is None:
+        safe = "/".join(safe_segment(s) for s in key.split("/") if s)
+        if len(_safe_keys) >= 10_000:  # keys come from data: bound what is remembered
+            _safe_keys.clear()
+        _safe_keys[key] = safe
+    return safe
+
+
 def data_prefix(record: dict[str, Any], prefix: str = DEFAULT_PREFIX) -> str:
-    key = "/".join(safe_segment(s) for s in record["key"].split("/") if s)
-    parts = [str(record["retention"]), prefix.strip("/"), key, safe_segment(record["reference"])]
+    parts = [str(record["retention"]), prefix.strip("/"), _safe_key(record["key"]), safe_segment(record["reference"])]
     return "/".join(p for p in parts if p) + "/"
 
 
