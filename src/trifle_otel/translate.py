@@ -418,14 +418,17 @@ class _LineBuilder:
             )
             self.content(span, children, level + 1)
             return
-        self.content(span, children, level + 1)
+        if span.events or span.span_id in children:  # (a leaf step has no content: no call)
+            self.content(span, children, level + 1)
         end_ns = span.end_ns
+        failed = span.status == "error"
         self.lines.append(
             {"at": end_ns // 1_000_000_000, "message": span.name + END,
-             "state": "error" if span.status == "error" else "success", "type": "text", "level": level, "ns": end_ns,
+             "state": "error" if failed else "success", "type": "text", "level": level, "ns": end_ns,
              "span_id": span.span_id, "duration": round((end_ns - start) / 1e6, 3)}
         )
-        self.outcome(span, level)
+        if failed or cv.RESULT in span.attributes:
+            self.outcome(span, level)
 
     def outcome(self, span: Span, level: int) -> None:
         """The failure message (when no exception event said it) and the result of an ended span."""
