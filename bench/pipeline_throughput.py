@@ -130,15 +130,12 @@ def child_app(setup: str, seconds: float, home: str) -> dict:
     return out
 
 
-def child_worker(executions: int, home: str, data_url: str | None = None, s3_concurrency: int | None = None) -> dict:
+def made_spans(executions: int) -> list:
+    """The ended SDK spans of ``executions`` executions, made first and held."""
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
 
-    from trifle_otel.config import load_config
-    from trifle_otel.ingest.sdk import from_readable_span
-    from trifle_otel.pipeline import Pipeline
-
-    spans = []
+    spans: list = []
 
     class Collect(SpanExporter):
         def export(self, batch):
@@ -150,6 +147,15 @@ def child_worker(executions: int, home: str, data_url: str | None = None, s3_con
     tracer = provider.get_tracer("bench")
     for n in range(executions):
         make_execution(tracer, n)
+    return spans
+
+
+def child_worker(executions: int, home: str, data_url: str | None = None, s3_concurrency: int | None = None) -> dict:
+    from trifle_otel.config import load_config
+    from trifle_otel.ingest.sdk import from_readable_span
+    from trifle_otel.pipeline import Pipeline
+
+    spans = made_spans(executions)
     overrides = {"home": home, "stats_rules": _rules_file(), "queue_size": len(spans) + 1, "live": False}
     if data_url:
         overrides["data_url"] = data_url
