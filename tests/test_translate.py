@@ -335,3 +335,16 @@ def test_an_encoded_document_waits_for_its_write_as_few_collector_objects():
         assert not gc.is_tracked(value), value
     assert part_lines(doc) == [lines]  # nothing lost
     assert list(doc.record["tags"]) == ["customer.id:acme"] and doc.record["segments"] == ("run", "run/job")
+
+
+def test_times_keep_exact_milliseconds_across_the_range():
+    import random
+    from datetime import datetime, timedelta, timezone
+
+    from trifle_otel.translate import to_datetime
+
+    epoch = datetime(1970, 1, 1, tzinfo=timezone.utc)
+    rng = random.Random(7)
+    edges = [0, 1, 999_999, 1_000_000, 1_763_900_000_123_456_789, 4 * 10**18 - 1, 4 * 10**18, 10**19, -5_000_000]
+    for ns in edges + [rng.randrange(0, 4 * 10**18) for _ in range(20_000)]:
+        assert to_datetime(ns) == epoch + timedelta(milliseconds=ns // 1_000_000), ns
