@@ -15,6 +15,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from operator import attrgetter
 from typing import Any, Iterable
 
 from . import conventions as cv
@@ -324,8 +325,7 @@ def counters_of(lines: list[dict[str, Any]]) -> dict[str, Any]:
     return {"states": states, "types": types, "max_level": max_level}
 
 
-def _start(span: Span) -> int:
-    return span.start_ns
+_start = attrgetter("start_ns")  # (a sort key in C: called for every child span)
 
 
 def _children_by_parent(root: Span, spans: list[Span]) -> dict[str, list[Span]]:
