@@ -296,3 +296,68 @@ rules:
         "by_code.OK.took.count": 1, "by_code.OK.took.sum": 4.0, "by_code.OK.took.square": 16.0,
         "sum_by_code.OK": 2.5,
     }
+
+
+# -- a rule's values as one function (stats/emit_source.py) ----------------------------------
+
+VALUE_FORMS = """
+count: 1
+weight: 2.5
+price: 'attributes["price"]'
+items: {triple: 'attributes["items"]'}
+duration: {triple: duration}
+codes: {map: 'attributes["code"]'}
+states: {map: execution.state, value: 3}
+kinds: {map: kind}
+margin: {distribution: 'attributes["margin"]', linear: {start: 0, step: 0.05, count: 5}}
+size: {distribution: 'attributes["items"]', geometric: {start: 10, factor: 10, count: 3}}
+odd: {distribution: 'attributes["price"]', bounds: [1, 10, 100]}
+nested: {deeper: {count: 1, price: 'attributes["price"]', by_code: {map: 'attributes["code"]'}}}
+"""
+
+ODD_VALUES = [
+    {"customer.id": "c", "price": 12.5, "code": "OK", "margin": 0.12, "items": 250},
+    {"customer.id": "c"},  # nothing to read: the paths are skipped
+    {"customer.id": "c", "price": True, "items": False, "code": True, "margin": "0.1"},  # bools and text are no numbers
+    {"customer.id": "c", "price": float("nan"), "items": float("inf"), "code": "", "margin": -1},
+    {"customer.id": "c", "price": 10**30, "items": 7, "code": 1.5, "margin": 99},
+    {"customer.id": "c", "price": -3, "code": "a.b$c\"d"},  # a code that needs sanitizing
+]
+
+
+@pytest.mark.parametrize("attributes", ODD_VALUES)
+def test_the_one_function_adds_what_the_closures_add(attributes):
+    from trifle_otel.stats.rules import _values, compile_rule
+
+    import yaml
+
+    spec = yaml.safe_load(VALUE_FORMS)
+    rule = compile_rule({"name": "forms", "keys": ["k"], "values": spec}, 0)
+    assert hasattr(rule.emit, "source"), "the usual forms are written as one function"
+    span = make_span("run/calc", 0, 20, attributes=attributes, status="error")
+    for ctx in ({"state": "success", "key": "k"}, {}):
+        written: dict = {}
+        closures: dict = {}
+        rule.emit(span, ctx, "", written)
+        _values("forms", spec, "")(span, ctx, "", closures)
+        assert written == closures and [type(v) for v in written.values()] == [type(v) for v in closures.values()]
+    assert closures  # (the comparison compared something)
+
+
+def test_a_map_of_values_keeps_the_closures_and_still_tracks():
+    spec = "{by_code: {map: 'attributes[\"code\"]', value: {count: 1, price: 'attributes[\"price\"]'}}}"
+    rules = parse_rules(BASE.replace("{values}", spec))
+    assert not hasattr(rules.rules[0].emit, "source")
+    assert track(spec, SPAN)[0][1] == {"by_code.OK.count": 1, "by_code.OK.price": 12.5}
+
+
+def test_names_from_the_file_reach_the_function_only_as_literals():
+    # A value name trying to close the quote and run a statement: it is only a name.
+    name = "x'] = 0\nraise SystemExit('ran')\nout['y"
+    yaml_name = name.replace("\n", "\\n")
+    text = BASE.replace("{values}", '{"' + yaml_name + '": 1, "it\'s": {map: \'attributes["code"]\'}}')
+    rule = parse_rules(text).rules[0]
+    assert hasattr(rule.emit, "source")
+    out: dict = {}
+    rule.emit(SPAN, {}, "", out)
+    assert out == {name: 1, "it's.OK": 1}

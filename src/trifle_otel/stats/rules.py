@@ -2,7 +2,8 @@
 
 A rules file is compiled once; every mistake is refused at load with the rule's name and
 what is wrong.  Nothing in it is executed as code: conditions and values are a small
-OTel-Collector-flavoured path syntax, compiled into closures::
+OTel-Collector-flavoured path syntax, compiled into closures (and a rule's usual values
+into one function built from their structure: ``emit_source``)::
 
     rules:
       - name: price calculations
@@ -40,6 +41,7 @@ from ..errors import ConfigError
 from ..model import Span
 from ..paths import compile_path_in_context
 from ..yamlfile import parse_yaml, read_text
+from .emit_source import compile_values
 from .values import is_number, sanitize_name
 
 logger = logging.getLogger("trifle_otel")
@@ -459,7 +461,10 @@ def compile_rule(raw: Any, index: int) -> Rule:
     key_fns = [_key_template(name, k) for k in keys]
     if "values" not in raw or not isinstance(raw["values"], Mapping) or not raw["values"]:
         raise RuleError(f"rule {name!r}: 'values' must be a mapping of value names, e.g. {{count: 1}}")
-    emit = _values(name, raw["values"], "")
+    emit = _values(name, raw["values"], "")  # (validates the values, whichever form runs)
+    emit = compile_values(
+        raw["values"], lambda path: _path(name, path), lambda spec: _bounds(name, spec), _label, f"<rule {name!r} values>"
+    ) or emit
     at = raw.get("at", "end")
     if at not in ("start", "end"):
         raise RuleError(f"rule {name!r}: 'at' is start or end (got {at!r})")
