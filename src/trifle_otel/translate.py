@@ -105,9 +105,13 @@ def _text(value: Any) -> str:
     if isinstance(value, tuple):
         value = list(value)
     try:
-        return json.dumps(value, ensure_ascii=False, default=str)
+        return _READABLE_JSON.encode(value)
     except (TypeError, ValueError):
         return repr(value)
+
+
+# One encoder for every raw line (``json.dumps`` with options builds a new one per call).
+_READABLE_JSON = json.JSONEncoder(ensure_ascii=False, default=str)
 
 
 def _json_attrs(attrs: dict[str, Any]) -> str:
