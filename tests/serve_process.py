@@ -192,7 +192,14 @@ class Serve:
         deadline = time.monotonic() + timeout
         n, lengths = 0, set()
         while time.monotonic() < deadline:
-            n, lengths = self.count(key)
+            try:
+                n, lengths = self.count(key)
+            except sqlite3.OperationalError as exc:
+                # After a kill -9, a read-only reader cannot open the index until serve has
+                # (its first write recovers the log SQLite left): not yet, then.
+                if "unable to open" not in str(exc):
+                    raise
+                n, lengths = 0, set()
             if n >= count:
                 return lengths
             time.sleep(0.3)
