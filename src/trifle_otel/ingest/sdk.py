@@ -87,8 +87,8 @@ _trace_hex, _parent_hex = _hex_ids()
 
 
 def _items(sequence: Any) -> Any:
-    """An SDK ``BoundedList``'s items without its Python-level ``__len__`` (truth tests on
-    it run for every span)."""
+    """An ended SDK span's ``BoundedList`` items without its Python-level ``__len__`` (truth
+    tests on it run for every span); nothing is added to them once the span has ended."""
     return getattr(sequence, "_dq", sequence)
 
 
@@ -111,8 +111,9 @@ def from_readable_span(span: ReadableSpan) -> Span:
         attributes, events, links = span.attributes, span.events, span.links
         kind, scope, start = span.kind, span.instrumentation_scope, span.start_time
     frozen = end is not None
-    events = _items(events)
-    links = _items(links)
+    if frozen:  # (a started span may still get links: its BoundedList iterates a locked copy)
+        events = _items(events)
+        links = _items(links)
     return Span(
         _trace_hex(ctx.trace_id),
         format(ctx.span_id, "016x"),
