@@ -22,6 +22,12 @@ def _default(value: Any) -> Any:
 def dumps(value: Any) -> bytes:
     """Compact UTF-8 JSON; datetimes as ISO 8601; anything unknown as its ``str``."""
     try:
+        # The usual document (string keys, JSON types and datetimes) without the options
+        # for the unusual: the non-string-keys option alone makes orjson ~1.6x slower.
+        return orjson.dumps(value)
+    except TypeError:
+        pass
+    try:
         return orjson.dumps(value, default=_default, option=_OPTIONS)
     except TypeError:
         # orjson refuses what the stdlib takes (integers past 64 bits): never lose a document to it.
