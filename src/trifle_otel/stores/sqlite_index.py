@@ -95,10 +95,16 @@ def write_transaction(conn: sqlite3.Connection, failure: str) -> Iterator[sqlite
         raise
 
 
+MAX_STATEMENT_PARAMETERS = 2_304  # 256 rows of the index's 9 columns
+
+
 def execute_rows(conn: sqlite3.Connection, sql: str, flat: list[Any], width: int, *, group: bool = True) -> None:
-    """Run ``sql`` with its ``{}`` filled by as many rows of ``width`` parameters as one
-    statement takes (SQLite's bound-parameter limit), so a batch is a few calls, not one a row."""
-    limit = min(conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER), 30_000)
+    """Run ``sql`` with its ``{}`` filled by as many rows of ``width`` parameters as
+    ``MAX_STATEMENT_PARAMETERS`` allows (and SQLite's own limit), so a batch is a few calls,
+    not one a row.  Not more: the driver keeps up to 128 prepared statements per connection,
+    one per row count, and a statement of thousands of rows is megabytes (an application
+    grew by ~50 MB of them in a benchmark, with no gain in speed)."""
+    limit = min(conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER), MAX_STATEMENT_PARAMETERS)
     step = max(limit // width, 1) * width
     row = "(" + ",".join("?" * width) + ")" if group else "?"
     for start in range(0, len(flat), step):
