@@ -9,6 +9,7 @@ a missing attribute reads as ``None``.
 from __future__ import annotations
 
 import re
+from operator import attrgetter
 from typing import Any, Callable
 
 from .errors import ConfigError
@@ -18,55 +19,48 @@ Getter = Callable[[Span], Any]
 
 _ATTR = re.compile(r"""^(resource\.)?attributes\[\s*(?:"([^"]*)"|'([^']*)'|([^\]"']+))\s*\]$""")
 
-_FIELDS: dict[str, Getter] = {
-    "name": lambda s: s.name,
-    "kind": lambda s: s.kind,
-    "status.code": lambda s: s.status,
-    "status.message": lambda s: s.status_message,
-    "duration": lambda s: s.duration_ms,
-    "trace_id": lambda s: s.trace_id,
-    "span_id": lambda s: s.span_id,
-    "scope.name": lambda s: s.scope,
+# Each field path and the attribute of the neutral span it reads.
+_FIELDS: dict[str, str] = {
+    "name": "name",
+    "kind": "kind",
+    "status.code": "status",
+    "status.message": "status_message",
+    "duration": "duration_ms",
+    "trace_id": "trace_id",
+    "span_id": "span_id",
+    "scope.name": "scope",
 }
-
-_FIELDS_IN_CONTEXT: dict[str, Callable[[Span, Any], Any]] = {
-    "name": lambda s, ctx: s.name,
-    "kind": lambda s, ctx: s.kind,
-    "status.code": lambda s, ctx: s.status,
-    "status.message": lambda s, ctx: s.status_message,
-    "duration": lambda s, ctx: s.duration_ms,
-    "trace_id": lambda s, ctx: s.trace_id,
-    "span_id": lambda s, ctx: s.span_id,
-    "scope.name": lambda s, ctx: s.scope,
-}
-assert set(_FIELDS_IN_CONTEXT) == set(_FIELDS)
 
 KNOWN_PATHS = tuple(_FIELDS) + ('attributes["<key>"]', 'resource.attributes["<key>"]')
 
 
+def field_attribute(path: str) -> str | None:
+    """The neutral span's attribute a field path reads (``duration`` → ``duration_ms``), or
+    None for any other path."""
+    return _FIELDS.get(path.strip())
+
+
 def compile_path(path: str) -> Getter:
     """Compile a path into a getter; a bad path raises :class:`ConfigError` saying why."""
-    text = path.strip()
-    getter = _FIELDS.get(text)
-    if getter is not None:
-        return getter
-    resource, key = _attribute(path, text)
-    if resource:
-        return lambda s: s.resource.get(key)
-    return lambda s: s.attributes.get(key)
+    return _compile(path, with_context=False)
 
 
 def compile_path_in_context(path: str) -> Callable[[Span, Any], Any]:
     """``compile_path`` for callers that pass a context too (the stats rules): a getter of
-    ``(span, context)`` that reads the span directly, one call per value on the hot path."""
+    ``(span, context)`` that reads the span directly, no wrapper around a span getter."""
+    return _compile(path, with_context=True)
+
+
+def _compile(path: str, *, with_context: bool) -> Any:
     text = path.strip()
-    field_getter = _FIELDS_IN_CONTEXT.get(text)
-    if field_getter is not None:
-        return field_getter
+    field = _FIELDS.get(text)
+    if field is not None:
+        read = attrgetter(field)
+        return (lambda s, ctx: read(s)) if with_context else read
     resource, key = _attribute(path, text)
     if resource:
-        return lambda s, ctx: s.resource.get(key)
-    return lambda s, ctx: s.attributes.get(key)
+        return (lambda s, ctx: s.resource.get(key)) if with_context else (lambda s: s.resource.get(key))
+    return (lambda s, ctx: s.attributes.get(key)) if with_context else (lambda s: s.attributes.get(key))
 
 
 def _attribute(path: str, text: str) -> tuple[bool, str]:

@@ -57,33 +57,25 @@ def _attrs(mapping: Any, frozen: bool = True) -> Mapping[str, Any]:
     return {}
 
 
-def _hex_ids() -> tuple[Any, Any]:
-    """Id formatters that remember the last id: the spans of one execution arrive together
-    and share their trace id, and siblings share their parent's id.  (Each remembers one
+def _remembering_hex(spec: str) -> Any:
+    """An id formatter that remembers the last id: the spans of one execution arrive
+    together and share their trace id, and siblings share their parent's id.  (It keeps one
     ``(id, text)`` pair, replaced whole: safe when several threads convert.)"""
-    last_trace: list[tuple[Any, str]] = [(None, "")]
-    last_parent: list[tuple[Any, str]] = [(None, "")]
+    last: list[tuple[Any, str]] = [(None, "")]
 
-    def trace_hex(value: int) -> str:
-        known = last_trace[0]
+    def to_hex(value: int) -> str:
+        known = last[0]
         if known[0] == value:
             return known[1]
-        text = format(value, "032x")
-        last_trace[0] = (value, text)
+        text = format(value, spec)
+        last[0] = (value, text)
         return text
 
-    def parent_hex(value: int) -> str:
-        known = last_parent[0]
-        if known[0] == value:
-            return known[1]
-        text = format(value, "016x")
-        last_parent[0] = (value, text)
-        return text
-
-    return trace_hex, parent_hex
+    return to_hex
 
 
-_trace_hex, _parent_hex = _hex_ids()
+_trace_hex = _remembering_hex("032x")
+_parent_hex = _remembering_hex("016x")
 
 
 def _items(sequence: Any) -> Any:

@@ -4,11 +4,12 @@ The rules' emitters are closures, one per value, nested as the values are; a spa
 matches a rule calls each of them, and each calls its path's getter.  For the usual forms
 (constants, numeric paths, triples, distributions, maps counting a constant, and groups of
 those) this module writes the same additions as the body of a single function instead, so
-a span costs one call per rule.  Only the rule's structure shapes the source: names and
-paths from the file reach it as ``repr`` literals, getters and bucket bounds as objects
-in its namespace, so nothing from the file is executed.  A form not covered here (a map
-whose value is not a constant) keeps the closures.  The rules file is validated by the
-closures' compilation first; this only runs on what that accepted.
+a span costs one call per rule.  Only the rule's structure shapes the source: names from
+the file reach it as ``repr`` literals, a span field as the attribute the paths' own table
+names, other paths' getters and bucket bounds as objects in its namespace, so nothing
+from the file is executed.  A form not covered here (a map whose value is not a
+constant) keeps the closures.  The rules file is validated by the closures' compilation
+first; this only runs on what that accepted.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import math
 from collections.abc import Mapping
 from typing import Any, Callable
 
+from ..paths import field_attribute
 from .values import is_number, sanitize_name
 
 Emitter = Callable[[Any, Any, str, dict[str, Any]], None]
@@ -50,6 +52,10 @@ class _Writer:
         return name
 
     def read(self, path: str) -> None:
+        field = field_attribute(path)
+        if field is not None:  # a field of the span (its name from the paths' own table): read inline
+            self.lines.append(f"v = span.{field}")
+            return
         getter = self.name(self.compile_path(path), "get")
         self.lines.append(f"v = {getter}(span, ctx)")
 
