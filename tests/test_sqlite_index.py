@@ -146,3 +146,67 @@ def test_every_filter_is_served_by_an_index(index, query):
         if step.startswith("SCAN"):
             assert "USING" in step, plan  # walking an index, never the bare table
     assert "TEMP B-TREE" not in plan, plan  # newest-first order comes from the index
+
+
+def _search_rows(idx):
+    conn = idx._conn
+    return (sorted(conn.execute("SELECT segment, first_at, reference FROM trifle_traces_segments")),
+            sorted(conn.execute("SELECT tag, first_at, reference FROM trifle_traces_tags")))
+
+
+def test_replacing_a_record_leaves_no_stale_search_rows(index):
+    # A running record written again finished: another key, other tags, another start.
+    moved = record(3, "jobs/import/prices", "success", ["customer.id:initech"], 700, minutes=30)
+    index.upsert([moved, record(6, "new", tags=["t"])])
+    segments, tags = _search_rows(index)
+    ref3 = f"{3:016x}" + "0" * 32
+    assert sorted(s for s, _, r in segments if r == ref3) == ["jobs", "jobs/import", "jobs/import/prices"]
+    assert [t for t, _, r in tags if r == ref3] == ["customer.id:initech"]
+    assert {at for _, at, r in segments + tags if r == ref3} == {(BASE + timedelta(minutes=30)).timestamp()}
+    assert keys(index.search(TraceQuery(key="prices/import"))) == []
+    assert keys(index.search(TraceQuery(key="jobs"))) == ["3"]
+    index.delete([ref3, f"{6:016x}" + "0" * 32])
+    segments, tags = _search_rows(index)
+    assert all(r not in (ref3, f"{6:016x}" + "0" * 32) for _, _, r in segments + tags)
+    assert len(segments) == 7 and len(tags) == 3  # the other four records' rows, untouched
+
+
+def test_the_search_rows_of_a_replaced_record_are_deleted_by_their_keys(index):
+    """No index by reference is needed (or kept): the deletes look rows up by primary key."""
+    conn = index._conn
+    for table, column in (("trifle_traces_segments", "segment"), ("trifle_traces_tags", "tag")):
+        plan = " | ".join(row[-1] for row in conn.execute(
+            f"EXPLAIN QUERY PLAN DELETE FROM {table} WHERE {column} = ? AND first_at = ? AND reference = ?", ("a", 1.0, "r")))
+        assert "USING PRIMARY KEY" in plan, plan
+    names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert not names & {"trifle_traces_trace_id", "trifle_traces_segments_reference", "trifle_traces_tags_reference"}
+
+
+def test_an_index_made_by_the_earlier_schema_opens_and_loses_its_unused_indexes(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    idx = SQLiteTraceIndex(path)
+    idx.upsert(sample_records())
+    idx.close()
+    conn = sqlite3.connect(path)
+    conn.executescript(
+        "CREATE INDEX trifle_traces_trace_id ON trifle_traces (trace_id);"
+        "CREATE INDEX trifle_traces_segments_reference ON trifle_traces_segments (reference);"
+        "CREATE INDEX trifle_traces_tags_reference ON trifle_traces_tags (reference);"
+    )
+    # A record whose stored JSON is damaged: its rows are still found (by a scan).
+    conn.execute("UPDATE trifle_traces SET record = '{not json' WHERE reference = ?", (f"{2:016x}" + "0" * 32,))
+    conn.commit()
+    conn.close()
+    idx = SQLiteTraceIndex(path)
+    try:
+        names = {row[0] for row in idx._conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        assert "trifle_traces_trace_id" not in names and "trifle_traces_tags_reference" not in names
+        assert keys(idx.search(TraceQuery(key="products"))) == ["4"]
+        idx.upsert([record(2, "other", tags=["x"])])
+        assert keys(idx.search(TraceQuery(key="prices"))) == ["5", "3", "1"]
+        assert keys(idx.search(TraceQuery(tags_all=["customer.id:globex"]))) == []
+        assert keys(idx.search(TraceQuery(tags_all=["x"]))) == ["2"]
+    finally:
+        idx.close()

@@ -2,6 +2,12 @@
 
 Every search filter is served by an index walked newest first, so a page costs the
 page, not the table.  WAL mode lets the CLI and the UI read while a worker writes.
+
+Writes are what a busy worker pays for, and their cost is the pages each transaction
+dirties: an insert at a random place in a b-tree dirties a page of its own, which the
+commit writes to the WAL and a checkpoint copies again.  So the schema keeps no index
+that no query walks: the segment and tag rows of a record being replaced are found by
+their full keys (the old record says which), not through an index by reference.
 """
 
 from __future__ import annotations
@@ -33,18 +39,17 @@ CREATE INDEX IF NOT EXISTS trifle_traces_first_at ON trifle_traces (first_at DES
 CREATE INDEX IF NOT EXISTS trifle_traces_state ON trifle_traces (state, first_at DESC, reference DESC);
 CREATE INDEX IF NOT EXISTS trifle_traces_duration ON trifle_traces (duration, first_at);
 CREATE INDEX IF NOT EXISTS trifle_traces_expires_at ON trifle_traces (expires_at);
-CREATE INDEX IF NOT EXISTS trifle_traces_trace_id ON trifle_traces (trace_id);
 CREATE TABLE IF NOT EXISTS trifle_traces_segments (
     segment TEXT NOT NULL, first_at REAL NOT NULL, reference TEXT NOT NULL,
     PRIMARY KEY (segment, first_at, reference)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS trifle_traces_segments_reference ON trifle_traces_segments (reference);
 CREATE TABLE IF NOT EXISTS trifle_traces_tags (
     tag TEXT NOT NULL, first_at REAL NOT NULL, reference TEXT NOT NULL,
     PRIMARY KEY (tag, first_at, reference)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS trifle_traces_tags_reference ON trifle_traces_tags (reference);
 """
+# Indexes of earlier versions that no query used (each cost a random insert per record).
+DROPPED_INDEXES = ("trifle_traces_trace_id", "trifle_traces_segments_reference", "trifle_traces_tags_reference")
 
 
 def _ts(value: datetime) -> float:
@@ -112,6 +117,34 @@ def execute_rows(conn: sqlite3.Connection, sql: str, flat: list[Any], width: int
         conn.execute(sql.format(",".join([row] * (len(chunk) // width))), chunk)
 
 
+def _delete_search_rows(conn: sqlite3.Connection, references: list[str]) -> None:
+    """Delete the segment and tag rows of those of ``references`` that are in the table,
+    by their full keys (segment or tag, first_at, reference), read from the stored records.
+    A new record costs one lookup in the reference index, which its insert reads next."""
+    limit = min(conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER), MAX_STATEMENT_PARAMETERS)
+    segments: list[tuple[str, float, str]] = []
+    tags: list[tuple[str, float, str]] = []
+    unreadable: list[str] = []
+    for start in range(0, len(references), limit):
+        chunk = references[start : start + limit]
+        found = conn.execute(
+            f"SELECT reference, first_at, record FROM trifle_traces WHERE reference IN ({','.join('?' * len(chunk))})", chunk
+        ).fetchall()
+        for reference, first_at, text in found:
+            try:
+                old = loads(text)
+                segments.extend((str(s), first_at, reference) for s in old.get("segments") or ())
+                tags.extend((str(t), first_at, reference) for t in old.get("tags") or ())
+            except Exception:
+                unreadable.append(reference)
+    if segments:
+        conn.executemany("DELETE FROM trifle_traces_segments WHERE segment = ? AND first_at = ? AND reference = ?", segments)
+    if tags:
+        conn.executemany("DELETE FROM trifle_traces_tags WHERE tag = ? AND first_at = ? AND reference = ?", tags)
+    for table in ("trifle_traces_segments", "trifle_traces_tags"):  # (a damaged record: a scan, rare)
+        execute_rows(conn, f"DELETE FROM {table} WHERE reference IN ({{}})", unreadable, 1, group=False)
+
+
 class SQLiteTraceIndex:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -119,8 +152,15 @@ class SQLiteTraceIndex:
         self._conn = connect_sqlite(self.path, "trace index")
         try:
             self._conn.executescript(SCHEMA)
+            self._drop_unused_indexes()
         except sqlite3.Error as exc:
             raise StoreError(f"cannot create the trace index tables in {self.path}: {exc}") from None
+
+    def _drop_unused_indexes(self) -> None:
+        present = {row[0] for row in self._conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        for name in DROPPED_INDEXES:
+            if name in present:
+                self._conn.execute(f"DROP INDEX IF EXISTS {name}")
 
     def setup(self) -> list[str]:
         """The tables and indexes (created when the index opens; idempotent)."""
@@ -135,6 +175,8 @@ class SQLiteTraceIndex:
 
         One transaction of a few multi-row statements: each statement is one call into
         SQLite, so a batch releases the interpreter lock a handful of times, not per row.
+        The segment and tag rows of records already there are deleted first (a running
+        record's key, tags or start may have changed since it was written).
         """
         rows: list[Any] = []
         segments: list[Any] = []
@@ -153,21 +195,20 @@ class SQLiteTraceIndex:
             for t in r["tags"]:
                 tags.extend((t, first_at, reference))
         with self._lock, write_transaction(self._conn, f"cannot write to the trace index {self.path}") as c:
+            _delete_search_rows(c, refs)  # (first: it reads the records being replaced)
             execute_rows(c, "INSERT INTO trifle_traces (reference, key, state, first_at, last_at, duration, expires_at,"
                          " trace_id, record) VALUES {} ON CONFLICT(reference) DO UPDATE SET"
                          " key=excluded.key, state=excluded.state, first_at=excluded.first_at,"
                          " last_at=excluded.last_at, duration=excluded.duration, expires_at=excluded.expires_at,"
                          " trace_id=excluded.trace_id, record=excluded.record", rows, 9)
-            for table in ("trifle_traces_segments", "trifle_traces_tags"):
-                execute_rows(c, f"DELETE FROM {table} WHERE reference IN ({{}})", refs, 1, group=False)
             execute_rows(c, "INSERT OR IGNORE INTO trifle_traces_segments VALUES {}", segments, 3)
             execute_rows(c, "INSERT OR IGNORE INTO trifle_traces_tags VALUES {}", tags, 3)
 
     def delete(self, references: Sequence[str]) -> None:
         refs = list(references)
         with self._lock, write_transaction(self._conn, f"cannot delete from the trace index {self.path}") as c:
-            for table in ("trifle_traces", "trifle_traces_segments", "trifle_traces_tags"):
-                execute_rows(c, f"DELETE FROM {table} WHERE reference IN ({{}})", refs, 1, group=False)
+            _delete_search_rows(c, refs)
+            execute_rows(c, "DELETE FROM trifle_traces WHERE reference IN ({})", refs, 1, group=False)
 
     def expired(self, before: datetime, limit: int = 1000) -> list[dict[str, Any]]:
         """Records whose ``expires_at`` has passed (SQLite has no TTL index: the worker purges)."""
