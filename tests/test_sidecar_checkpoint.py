@@ -259,3 +259,16 @@ def test_the_intake_refuses_while_the_stores_are_down_and_when_the_log_is_full(t
     intake.stopping = True
     assert intake.accept(_batch(1)).reason == "shutting_down" and intake.health() == "shutting down"
     wal.close()
+
+
+def test_a_large_write_under_way_is_not_taken_for_failing_stores(tmp_path):
+    """Executions in a store call under way count as waiting; while no write has failed
+    they are the worker's work, not an outage: no refusal (and no 5 s Retry-After)."""
+    intake, pipeline, wal = _intake(tmp_path, retry_buffer=10)
+    pipeline.writer.waiting = 5_000
+    assert intake.accept(_batch(1)).accepted and intake.health() is None
+    pipeline.writer.last_error = "cannot write the trace index: database is locked"
+    refused = intake.accept(_batch(1))
+    assert (refused.accepted, refused.status, refused.reason, refused.retry_after) == (False, 503, "stores_unavailable", 5.0)
+    assert refused.message == "stores unavailable: cannot write the trace index: database is locked (5,000 executions wait for retry)"
+    wal.close()

@@ -151,10 +151,14 @@ class SidecarIntake:
         return None
 
     def _stores_refusal(self) -> str | None:
+        """Refuse while the stores fail and ``retry_buffer`` finished executions wait for
+        them, so memory stays bounded during an outage.  A large write under way is not a
+        failure: the worker is busy with it, its queue fills, and requests are refused as
+        ``overloaded`` (retry after 1 s) if it stays full."""
         writer = self.pipeline.writer
-        if writer.waiting >= self.config.retry_buffer:
-            return f"stores unavailable: {writer.last_error or 'writes are failing'} ({writer.waiting:,} executions wait for retry)"
-        return None
+        if not (writer.last_error or writer.retry) or writer.waiting < self.config.retry_buffer:
+            return None
+        return f"stores unavailable: {writer.last_error or 'writes are failing'} ({writer.waiting:,} executions wait for retry)"
 
     def _wal_full_message(self) -> str:
         message = (f"write-ahead log full ({self.wal.bytes:,} of {self.wal.max_bytes:,} bytes, receivers.wal_max_bytes); "
