@@ -4,9 +4,12 @@ The same executions as ``pipeline_throughput.py`` (1 root + 5 child spans, 4 att
 each, the demo rules) are made once; then each stage runs alone over all of them, several
 times, and the best time is printed (the least disturbed by other work on the machine):
 conversion of the SDK's spans to the neutral model, assembly into executions, translation
-to documents, the rules with the stats buffer (and the rules alone), and the encoding of
-documents' parts.  The collector is paused while a stage runs, so each figure is that
-stage's own work.  Comparing two versions of the code: run this script for each, one after
+to documents, the rules with the stats buffer (and the rules alone), the encoding of
+documents' parts, and the store writes: the documents into an embedded store (SQLite
+index and data) in batches of 1,000, as the worker writes them at 1,000 jobs a second
+(a batch every ``flush_interval``, 1 s), the store holding ten times as many executions already (a new store each run, so the best of fewer
+runs).  The collector is paused while a stage runs, so each
+figure is that stage's own work.  Comparing two versions of the code: run this script for each, one after
 the other, and compare stage by stage.
 
 Usage: python bench/worker_stages.py [--executions 2000] [--repeat 25]
@@ -31,12 +34,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--executions", type=int, default=2_000)
     parser.add_argument("--repeat", type=int, default=25)
+    parser.add_argument("--store-repeat", type=int, default=7, help="runs of the store writes (each into a new store)")
     args = parser.parse_args()
 
     from trifle_otel.assembly import Assembler
     from trifle_otel.config import load_config
     from trifle_otel.ingest.sdk import from_readable_span
-    from trifle_otel.sinks import encode_parts
+    from trifle_otel.sinks import TraceSink, encode_parts
+    from trifle_otel.stores import open_data, open_index
     from trifle_otel.stats.sink import ExecutionStats
     from trifle_otel.translate import Translator
 
@@ -48,9 +53,9 @@ def main() -> int:
         stats = ExecutionStats(config)
         now_ns = time.time_ns()
 
-        def best(stage: Callable[..., object], setup: Callable[[], object] | None = None) -> float:
+        def best(stage: Callable[..., object], setup: Callable[[], object] | None = None, repeat: int = 0) -> float:
             times = []
-            for _ in range(args.repeat):
+            for _ in range(repeat or args.repeat):
                 given = (setup(),) if setup is not None else ()
                 t0 = time.perf_counter()
                 stage(*given)
@@ -97,6 +102,31 @@ def main() -> int:
                 lambda docs: [encode_parts(d) for d in docs],
                 setup=lambda: [translator.translate(e, now_ns) for e in executions],
             )
+            stores: list = []
+
+            earlier = [encode_parts(translator.translate(e, now_ns)) for e in executions]
+
+            def new_store():
+                store_config = load_config(overrides={"home": str(Path(home) / f"store{len(stores)}")})
+                sink = TraceSink(open_index(store_config.resolved_index_url()),
+                                 open_data(store_config.resolved_data_url(), store_config))
+                stores.append(sink)
+                for copy in range(10):  # what the store holds already
+                    for doc in earlier:
+                        doc.record["reference"] = f"{copy}{doc.record['span_id']}{doc.record['trace_id']}"
+                    for start in range(0, len(earlier), 2_000):
+                        sink.write(earlier[start : start + 2_000])
+                return sink, [encode_parts(translator.translate(e, now_ns)) for e in executions]
+
+            def write(given):
+                sink, docs = given
+                for start in range(0, len(docs), 1_000):
+                    sink.write(docs[start : start + 1_000])
+
+            figures["store writes"] = best(write, setup=new_store, repeat=args.store_repeat)
+            for sink in stores:
+                sink.index.close()
+                sink.data.close()
         finally:
             gc.enable()
     print(f"python {sys.version.split()[0]}, {args.executions:,} executions of 1 root + {CHILDREN} children "
