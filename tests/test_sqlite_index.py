@@ -210,3 +210,26 @@ def test_an_index_made_by_the_earlier_schema_opens_and_loses_its_unused_indexes(
         assert keys(idx.search(TraceQuery(tags_all=["x"]))) == ["2"]
     finally:
         idx.close()
+
+
+def test_new_index_and_data_databases_use_16_kib_pages_and_older_ones_keep_theirs(tmp_path):
+    import sqlite3
+
+    from trifle_otel.stores.sqlite_data import SQLiteDataStore
+
+    old = tmp_path / "old.db"
+    conn = sqlite3.connect(old)
+    conn.execute("PRAGMA page_size=4096")
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("CREATE TABLE t (x)")
+    conn.close()
+    for path, opened in ((tmp_path / "t.db", SQLiteTraceIndex(tmp_path / "t.db")),
+                         (tmp_path / "d.db", SQLiteDataStore(tmp_path / "d.db")),
+                         (old, SQLiteTraceIndex(old))):
+        opened.close()
+        with sqlite3.connect(path) as check:
+            assert check.execute("PRAGMA page_size").fetchone()[0] == (4096 if path == old else 16384)
+    idx = SQLiteTraceIndex(old)  # the 4 KiB database still takes writes and searches
+    idx.upsert(sample_records())
+    assert keys(idx.search(TraceQuery(key="prices"))) == ["5", "3", "2", "1"]
+    idx.close()

@@ -20,7 +20,7 @@ from typing import Sequence
 from ..errors import StoreError
 from .directory import DirectoryDataStore
 from .layout import DEFAULT_PREFIX
-from .sqlite_index import connect_sqlite, execute_rows, write_transaction
+from .sqlite_index import PAGE_SIZE, connect_sqlite, execute_rows, write_transaction
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS trifle_data (
@@ -45,7 +45,7 @@ class SQLiteDataStore:
         self._conn: sqlite3.Connection | None = None
         if not create and not self.path.exists():
             return  # a reader of a home that only has the directory layout: nothing to create
-        self._conn = connect_sqlite(self.path, "trace data")
+        self._conn = connect_sqlite(self.path, "trace data", page_size=PAGE_SIZE)
         try:
             self._conn.executescript(SCHEMA)
         except sqlite3.Error as exc:
