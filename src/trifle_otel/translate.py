@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 from datetime import datetime, timedelta, timezone
 from operator import attrgetter
 from typing import Any, Iterable
@@ -58,33 +59,18 @@ def segments_of(key: str) -> list[str]:
 
 
 _SLASHES = re.compile(r"/+")
-_clean_keys: dict[str, str] = {}
 
 
+@lru_cache(maxsize=10_000)  # a fleet's executions use a handful of keys; keys come from data: bounded
 def clean_key(key: str) -> str:
-    """A key as stored: no empty segments, no lone surrogates, at most 256 characters.
-    Remembered per raw key: a fleet's executions use a handful of keys, over and over."""
-    cleaned = _clean_keys.get(key)
-    if cleaned is None:
-        cleaned = _SLASHES.sub("/", storable(key).strip()).strip("/")[:MAX_KEY_LENGTH] or "unnamed"
-        if len(_clean_keys) >= 10_000:  # keys come from data: bound what is remembered
-            _clean_keys.clear()
-        _clean_keys[key] = cleaned
-    return cleaned
+    """A key as stored: no empty segments, no lone surrogates, at most 256 characters."""
+    return _SLASHES.sub("/", storable(key).strip()).strip("/")[:MAX_KEY_LENGTH] or "unnamed"
 
 
-_segments: dict[str, tuple[str, ...]] = {}
-
-
+@lru_cache(maxsize=10_000)
 def _segments_of(key: str) -> tuple[str, ...]:
     """``segments_of`` as a tuple, remembered per key (the record keeps it as it is)."""
-    found = _segments.get(key)
-    if found is None:
-        found = tuple(segments_of(key))
-        if len(_segments) >= 10_000:
-            _segments.clear()
-        _segments[key] = found
-    return found
+    return tuple(segments_of(key))
 
 
 _UTC = timezone.utc

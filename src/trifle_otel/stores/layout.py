@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import re
+from functools import lru_cache
 from typing import Any
 
 from ..jsonutil import dumps, loads
@@ -21,18 +22,10 @@ def safe_segment(segment: str) -> str:
     return "_" * len(cleaned) if set(cleaned) <= {"."} else cleaned
 
 
-_safe_keys: dict[str, str] = {}
-
-
+@lru_cache(maxsize=10_000)  # executions share their keys; keys come from data: bounded
 def _safe_key(key: str) -> str:
-    """A key as a path (each segment made safe), remembered: executions share their keys."""
-    safe = _safe_keys.get(key)
-    if safe is None:
-        safe = "/".join(safe_segment(s) for s in key.split("/") if s)
-        if len(_safe_keys) >= 10_000:  # keys come from data: bound what is remembered
-            _safe_keys.clear()
-        _safe_keys[key] = safe
-    return safe
+    """A key as a path, each segment made safe."""
+    return "/".join(safe_segment(s) for s in key.split("/") if s)
 
 
 def data_prefix(record: dict[str, Any], prefix: str = DEFAULT_PREFIX) -> str:
