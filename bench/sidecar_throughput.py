@@ -18,8 +18,10 @@ Then (b)/(a): how much of the decode ceiling one serve process reaches.
 (d) (b) again with one forward target (``forward:``, http/protobuf with gzip) pointed at
     a sink server in this process that answers 200 at once: ingest spans/s as in (b),
     and when the sink had every request; then (d)/(b), both measured in this run.
+(e) (b) again with ``receivers.store_process: false``: the trace stores written by serve's
+    worker thread between its cycles, not by a child process beside it; then (b)/(e).
 
-Usage: python bench/sidecar_throughput.py [--requests 200] [--part a --part b --part c --part d]
+Usage: python bench/sidecar_throughput.py [--requests 200] [--part a --part b --part c --part d --part e]
        [--served-requests 300] [--clients 6]
 """
 
@@ -172,6 +174,17 @@ def roots_of(request) -> int:
     return sum(1 for rs in request.resource_spans for ss in rs.scope_spans for s in ss.spans if not s.parent_span_id)
 
 
+def _children(pid: int) -> list[int]:
+    """serve's child processes (its store writer)."""
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            out += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return out
+
+
 def _proc_cpu(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -182,6 +195,17 @@ def _peak_rss_mb(pid: int) -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+def _children_sum(pid: int, measure) -> float:
+    """``measure`` summed over serve's child processes (gone ones count nothing)."""
+    total = 0.0
+    for child in _children(pid):
+        try:
+            total += measure(child)
+        except OSError:
+            pass
+    return total
 
 
 def _stored(index: Path) -> int:
@@ -228,7 +252,8 @@ class Sink:
         self.server.server_close()
 
 
-def served(transport: str, n_requests: int, clients: int, grace: float, sink: Sink | None = None) -> dict[str, float]:
+def served(transport: str, n_requests: int, clients: int, grace: float, sink: Sink | None = None,
+           store_process: bool = True) -> dict[str, float]:
     """Run serve, send ``n_requests`` requests of 512 spans from ``clients`` threads, wait
     until every execution is in the index (and, with a ``sink``, every request forwarded)."""
     base = make_request(1000)
@@ -241,7 +266,7 @@ def served(transport: str, n_requests: int, clients: int, grace: float, sink: Si
         config = Path(home) / "trifle.yaml"
         config.write_text(
             f"stats:\n  rules: {rules}\ntraces:\n  tag_attributes: [customer.id, reseller.id]\n"
-            f"receivers:\n  grace: {grace}\n  max_request_bytes: 67108864\n"
+            f"receivers:\n  grace: {grace}\n  max_request_bytes: 67108864\n  store_process: {str(store_process).lower()}\n"
             + (f"forward:\n  - name: sink\n    endpoint: {sink.endpoint}\n" if sink is not None else "")
         )
         trifle = str(Path(sys.executable).parent / "trifle-otel")
@@ -292,7 +317,7 @@ def served(transport: str, n_requests: int, clients: int, grace: float, sink: Si
                                 refused[0] += 1
                                 time.sleep(0.05)
 
-            cpu0 = _proc_cpu(proc.pid)
+            cpu0, child_cpu0 = _proc_cpu(proc.pid), _children_sum(proc.pid, _proc_cpu)
             started = time.perf_counter()
             threads = [threading.Thread(target=http_client if transport == "http" else grpc_client) for _ in range(clients)]
             for thread in threads:
@@ -312,24 +337,26 @@ def served(transport: str, n_requests: int, clients: int, grace: float, sink: Si
                         raise RuntimeError(f"serve exited: {proc.stderr.read()}")
                     time.sleep(0.02)
                 forwarded = sink.last - started
-            cpu = _proc_cpu(proc.pid) - cpu0
-            rss = _peak_rss_mb(proc.pid)
+            cpu, child_cpu = _proc_cpu(proc.pid) - cpu0, _children_sum(proc.pid, _proc_cpu) - child_cpu0
+            rss, child_rss = _peak_rss_mb(proc.pid), _children_sum(proc.pid, _peak_rss_mb)
         finally:
             proc.terminate()
             proc.wait(120)
     return {"spans": spans, "executions": executions, "elapsed": elapsed, "sent": sent, "cpu": cpu, "rss": rss,
-            "refused": refused[0], "forwarded": forwarded}
+            "child_cpu": child_cpu, "child_rss": child_rss, "refused": refused[0], "forwarded": forwarded}
 
 
 def report_served(label: str, result: dict[str, float], grace: float, clients: int) -> float:
     rate = result["spans"] / result["elapsed"]
     print(
-        f"({label}) serve over {'OTLP/gRPC' if label == 'c' else 'OTLP/HTTP'}{' forwarding to one target' if label == 'd' else ''}: "
+        f"({label}) serve over {'OTLP/gRPC' if label == 'c' else 'OTLP/HTTP'}{' forwarding to one target' if label == 'd' else ''}"
+        f"{', stores written by its worker thread' if label == 'e' else ''}: "
         f"{rate:10,.0f} spans/s "
         f"({result['spans']:,} spans, {result['executions']:,} executions in {result['elapsed']:.2f} s from the first "
         f"request to the last execution stored; all sent after {result['sent']:.2f} s; grace {grace} s; "
         f"{clients} clients; {result['refused']} requests refused and sent again), "
-        f"serve CPU {result['cpu'] / result['spans'] * 1e6:.1f} us/span, peak RSS {result['rss']:.0f} MB"
+        f"serve CPU {result['cpu'] / result['spans'] * 1e6:.1f} us/span + its store writer process "
+        f"{result['child_cpu'] / result['spans'] * 1e6:.1f} us/span, peak RSS {result['rss']:.0f} MB + {result['child_rss']:.0f} MB"
     )
     return rate
 
@@ -340,9 +367,9 @@ def main() -> None:
     parser.add_argument("--served-requests", type=int, default=300, help="requests of 512 spans sent to serve in (b), (c)")
     parser.add_argument("--clients", type=int, default=6, help="concurrent clients in (b), (c)")
     parser.add_argument("--grace", type=float, default=2.0, help="receivers.grace of the serve process")
-    parser.add_argument("--part", choices=["a", "b", "c", "d"], action="append", help="which parts to run (default: all)")
+    parser.add_argument("--part", choices=["a", "b", "c", "d", "e"], action="append", help="which parts to run (default: all)")
     args = parser.parse_args()
-    parts = args.part or ["a", "b", "c", "d"]
+    parts = args.part or ["a", "b", "c", "d", "e"]
     ceiling = decode_ceiling(args.requests)["protobuf"] if "a" in parts else None
     rates = {}
     for part, transport in (("b", "http"), ("c", "grpc")):
@@ -362,6 +389,11 @@ def main() -> None:
               f"({sink.requests} requests received by the sink)")
         if "b" in rates:
             print(f"(d)/(b): {rate / rates['b']:.2f} (ingest with one forward target / without, same run)")
+    if "e" in parts:
+        rate = report_served("e", served("http", args.served_requests, args.clients, args.grace, store_process=False),
+                             args.grace, args.clients)
+        if "b" in rates:
+            print(f"(b)/(e): {rates['b'] / rate:.2f} (the stores written by a child process / by serve's worker, same run)")
 
 
 if __name__ == "__main__":

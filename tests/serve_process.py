@@ -114,6 +114,17 @@ class Serve:
         self.proc.kill()
         self.proc.wait(10)
 
+    def children(self) -> list[int]:
+        """serve's child processes (its store writer)."""
+        assert self.proc is not None
+        out: list[int] = []
+        for task in Path(f"/proc/{self.proc.pid}/task").iterdir():
+            try:
+                out += [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                pass
+        return out
+
     # -- HTTP ------------------------------------------------------------------------------
 
     def request(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None,

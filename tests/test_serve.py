@@ -54,8 +54,9 @@ def lines_of(sidecar: Serve, reference: str) -> list[tuple[int, str]]:
 # -- real clients -------------------------------------------------------------------------------
 
 
-def test_sdk_exporters_over_http_gzip_and_grpc_store_executions_and_stats(serve):
-    sidecar = serve()
+@pytest.mark.parametrize("store_process", [True, False], ids=["store-process", "stores-in-serve"])
+def test_sdk_exporters_over_http_gzip_and_grpc_store_executions_and_stats(serve, store_process):
+    sidecar = serve(receivers={"store_process": store_process})
     http_exporter = HTTPSpanExporter(endpoint=f"http://{sidecar.http}/v1/traces", compression=HTTPCompression.Gzip, timeout=10)
     grpc_exporter = GRPCSpanExporter(endpoint=sidecar.grpc, insecure=True, compression=grpc.Compression.Gzip, timeout=10)
     try:
@@ -81,6 +82,7 @@ def test_sdk_exporters_over_http_gzip_and_grpc_store_executions_and_stats(serve)
     assert metrics['trifle_otel_spans_received_total{transport="grpc"}'] == 6
     assert metrics["trifle_otel_executions_written_total"] == 5
     assert metrics["trifle_otel_pending_spans"] == 0
+    assert bool(sidecar.children()) == store_process  # (receivers.store_process)
     assert sidecar.stop() == 0
 
 

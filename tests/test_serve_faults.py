@@ -12,6 +12,7 @@ import os
 import socket
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -100,6 +101,24 @@ def home(tmp_path):
     return tmp_path / "home"
 
 
+def wait_gone(pids: list[int], timeout: float = 20) -> bool:
+    """Whether these processes have exited (an orphan is reaped by init)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        alive = []
+        for pid in pids:
+            try:
+                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+                if state != "Z":
+                    alive.append(pid)
+            except OSError:
+                pass
+        if not alive:
+            return True
+        time.sleep(0.1)
+    return False
+
+
 def test_kill_9_while_clients_send_then_a_restart_stores_every_acknowledged_execution_once(tmp_path, home):
     config = write_config(tmp_path, receivers={"grace": 0.2, "checkpoint_interval": 0.3})
     client = Client(per_request=25)
@@ -119,8 +138,12 @@ def test_kill_9_while_clients_send_then_a_restart_stores_every_acknowledged_exec
             target = (round_ + 1) * len(threads) * requests_per_thread // 3
             while len(client.acked) < target and time.monotonic() < deadline:
                 time.sleep(0.02)
+            while not (writers := sidecar.children()) and time.monotonic() < deadline:
+                time.sleep(0.02)  # (started with the first write)
+            assert writers, "serve writes its stores from a child process"
             sidecar.kill9()
             assert len(client.acked) >= target, client.answers
+            assert wait_gone(writers), "the store writer outlived serve"
         sidecar = Serve(home, config).start()
         sidecars.append(sidecar)
         assert "Replayed" in "".join(sidecar.out)

@@ -81,6 +81,7 @@ class Config:
     trace_timeout: float = 60.0  # seconds after which an execution is written even while spans still come
     max_pending_spans: int = 200_000  # spans held in memory; past it the oldest executions are written early
     checkpoint_interval: float = 5.0  # seconds between checkpoints (stats written, the log trimmed)
+    store_process: bool = True  # write the trace stores from a child process (a second core)
     # ui
     ui_listen: str = "127.0.0.1:4320"
     ui_token: str | None = None  # bearer token (also accepted as the basic-auth password)
@@ -210,7 +211,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "stats": ("stats_rules", "default_stats", "granularities", "time_zone", "beginning_of_week", "stats_mode",
               "stats_expire_after"),
     "receivers": ("grpc_listen", "http_listen", "auth_token", "max_request_bytes", "wal_max_bytes", "wal_segment_bytes",
-                  "sidecar_grace", "trace_timeout", "max_pending_spans", "checkpoint_interval"),
+                  "sidecar_grace", "trace_timeout", "max_pending_spans", "checkpoint_interval", "store_process"),
     "ui": ("ui_listen", "ui_token", "ui_basic_auth", "ui_trace_url", "ui_dashboards"),
 }
 _FILE_NAMES = {  # file name differs from attribute name; a dotted name is a nested mapping in the file

@@ -116,6 +116,13 @@ class TraceSink:
         self.index.delete([r["reference"] for r in records])
         return len(records)
 
+    def close(self) -> None:
+        for store in (self.index, self.data):
+            try:
+                store.close()
+            except Exception:
+                pass
+
     def discard(self, documents: Sequence[Document]) -> None:
         """Remove what live mode wrote for executions that turned out to be ignored."""
         refs = [d.reference for d in documents]

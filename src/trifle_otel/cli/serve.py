@@ -97,7 +97,8 @@ def serve(config: Config, grpc_listen: str | None, http_listen: str | None, ui_l
             listening.append(f"web UI on {endpoints.ui}/")
         console.print("trifle-otel serve: " + "; ".join(listening), soft_wrap=True)
         console.print(
-            f"Writing traces to {redact(config.resolved_index_url())} and {redact(config.resolved_data_url())}, "
+            f"Writing traces to {redact(config.resolved_index_url())} and {redact(config.resolved_data_url())}"
+            f"{' (from a store writer process)' if config.store_process else ''}, "
             f"stats to {redact(config.resolved_stats_url())}; write-ahead log {sidecar.wal_dir}", soft_wrap=True,
         )
         if sidecar.forwarding:

@@ -190,8 +190,4 @@ class StoreStage:
         self.stats.close()
         sink = self.current_sink()
         if sink is not None:
-            for store in (sink.index, sink.data):
-                try:
-                    store.close()
-                except Exception:
-                    pass
+            sink.close()

@@ -31,7 +31,7 @@ from ..config import Config
 from ..model import Execution, Span, reference_for
 from ..sinks import TraceSink, encode_parts
 from ..stats.sink import ExecutionStats
-from ..stores import check_urls, open_data, open_index
+from ..stores import check_urls
 from ..translate import Document, Translator
 from .counters import PipelineCounters
 from .intake import Intake
@@ -39,12 +39,14 @@ from .live import LiveRecords
 from .open_assembly import LateExecution, OpenAssembler
 from .running import RunningRecords
 from .store import ExpiredPurge, StoreStage
+from .store_process import ProcessSink, open_trace_sink
 from .spill import Spill
 from .writer import DocumentWriter
 
 logger = logging.getLogger("trifle_otel")
 
 CHUNK = 256  # spans the worker takes through assembly, translation and stats at a time
+WRITE_CHUNK = 1_000  # finished executions a durable cycle translates before handing them to the writer
 POLL_INTERVAL = 0.1  # seconds the worker sleeps when nothing wakes it (new live roots, grace)
 FLUSH_RETRY = 2.0  # seconds a flush tries again while the stores refuse
 
@@ -106,11 +108,14 @@ class Pipeline:
         wake_at: int = 2048,
         open_ended: bool = False,
         durability: Durability | None = None,
+        store_process: bool = False,
     ) -> None:
         """``open_ended``: spans come with no end signal (OTLP): assembled by
         :class:`OpenAssembler`, running records from what has arrived.  ``durability``: the
         input is durable elsewhere (the write-ahead log): the worker writes documents itself
-        and stats only in the log's checkpoints, and nothing is spilled (the log holds it)."""
+        and stats only in the log's checkpoints, and nothing is spilled (the log holds it).
+        ``store_process``: the trace stores are written by a child process
+        (:mod:`.store_process`), beside the worker rather than between its cycles."""
         self.config = config
         if config.forward and durability is None:
             logger.warning(
@@ -122,7 +127,8 @@ class Pipeline:
         self._durability = durability
         self._convert = convert
         self._starts = starts  # reads spans the processor saw start (ingest/sdk.SDKStarts)
-        self._sink_factory = sink_factory or self._default_sink
+        self._store_process = store_process and sink_factory is None
+        self._sink_factory = sink_factory or (self._process_sink if store_process else self._default_sink)
         self._sink: TraceSink | None = None
         if sink_factory is None:
             check_urls(config)  # an unsupported store URL is refused now, not at the first write
@@ -206,6 +212,7 @@ class Pipeline:
             self.assembler = Assembler(grace=c.grace)
             self.live = LiveRecords(c.live_interval, self._convert, getattr(self._starts, "key", None)) if c.live else None
         self._flush_requests: deque[_FlushRequest] = deque()
+        self._more = False  # run the next cycle without waiting
         self.spill = Spill(
             c.resolved_spill_dir(),
             c.spill_max_bytes,
@@ -214,7 +221,9 @@ class Pipeline:
         # With a durable input nothing is spilled: documents wait in memory (the sidecar stops
         # taking requests past ``retry_buffer`` of them) and the log keeps their spans.
         retry_limit = sys.maxsize if self._durability is not None else c.retry_buffer
-        self.writer = DocumentWriter(self._open_sink, self.spill, retry_limit, self.counters, interval=c.flush_interval)
+        # Writes in a child process go a chunk at a time: one being written, one translated.
+        self.writer = DocumentWriter(self._open_sink, self.spill, retry_limit, self.counters, interval=c.flush_interval,
+                                     batch=WRITE_CHUNK if self._store_process else 5_000, background=self._store_process)
         # With a durable input the worker writes itself: a checkpoint needs its writes done
         # and the stats written with its mark, so no other thread may flush them.
         self.store = None if self._durability is not None else StoreStage(
@@ -244,9 +253,10 @@ class Pipeline:
             self._start_worker()
 
     def _default_sink(self) -> TraceSink:
-        data = open_data(self.config.resolved_data_url(), self.config)
-        index = open_index(self.config.resolved_index_url())
-        return TraceSink(index, data, compressed=self.config.gzip)
+        return open_trace_sink(self.config)
+
+    def _process_sink(self) -> TraceSink:
+        return ProcessSink(self.config)  # type: ignore[return-value]  (the same interface)
 
     def _open_sink(self) -> TraceSink:
         if self._sink is None:
@@ -256,7 +266,9 @@ class Pipeline:
     def _run(self) -> None:
         wake = self.intake.wake
         while True:
-            wake.wait(POLL_INTERVAL)
+            if not self._more:
+                wake.wait(POLL_INTERVAL)
+            self._more = False
             wake.clear()
             stopping = self.intake.closed
             flushes = [self._flush_requests.popleft() for _ in range(len(self._flush_requests))]
@@ -314,14 +326,31 @@ class Pipeline:
         checkpoint = flush or final or durability.due()
         self._assemble(durability.cut(self.intake) if checkpoint else self.intake.take())
         now_ns = time.time_ns()
-        finished, ignored = self._finish(self.assembler.collect(ignore_grace=flush or final, final=final), now_ns)
-        live = self._running_documents(now_ns, ignored)
         writer = self.writer
+        executions = self.assembler.collect(ignore_grace=flush or final, final=final)
+        # While executions keep coming due (a backlog after a burst), the next cycle starts
+        # at once rather than after a poll interval.
+        self._more = bool(executions)
+        finished: list[Document] = []
+        ignored: list[Document] = []
+        # Into the writer a chunk at a time: when a child process writes the stores, it
+        # writes one chunk while this thread translates the next.
+        for start in range(0, len(executions), WRITE_CHUNK):
+            done, skipped = self._finish(executions[start : start + WRITE_CHUNK], now_ns)
+            ignored += skipped
+            if start + WRITE_CHUNK < len(executions):
+                writer.write(done, [])
+            else:
+                finished = done
+        del executions
+        live = self._running_documents(now_ns, ignored)
         for doc in ignored:
             writer.discard(self._sink, doc)
-        if finished or live or writer.queued or writer.queued_live or (writer.retry and (checkpoint or not writer.backing_off)):
+        if (finished or live or writer.queued or writer.queued_live or writer.pending
+                or (writer.retry and (checkpoint or not writer.backing_off))):
             failures = self.counters.write_errors
-            writer.write(finished, live, force=checkpoint)
+            # (nothing more to translate: wait for the batch in flight and send the rest)
+            writer.write(finished, live, force=checkpoint, settle=not len(self.intake))
             if self.counters.write_errors != failures:
                 # A failed store call leaves reference cycles (the client library's
                 # exceptions and retries): free them while they are young, or a long outage
@@ -449,9 +478,8 @@ class Pipeline:
 
     def _close(self) -> None:
         # Stats are written by checkpoints only: what is left, the log replays next start.
-        driver = self.execution_stats.buffer.driver
-        sink = self._sink
-        for closable in (driver, *((sink.index, sink.data) if sink is not None else ())):
+        self.writer.complete()
+        for closable in (self.execution_stats.buffer.driver, self._sink):
             if closable is not None:
                 try:
                     closable.close()

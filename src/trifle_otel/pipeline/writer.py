@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
-from typing import Callable
+from typing import Any, Callable
 
 from ..errors import TrifleError
 from ..sinks import TraceSink
@@ -37,7 +37,11 @@ class DocumentWriter:
         *,
         interval: float = 0.0,
         batch: int = 5_000,
+        background: bool = False,
     ) -> None:
+        """``background``: the sink writes in another process (``begin``): a batch goes as
+        soon as the one before it is written, not every ``interval``."""
+        self.background = background
         self.open_sink = open_sink
         self.interval = interval
         self.batch = batch
@@ -55,6 +59,7 @@ class DocumentWriter:
         self._last_error_log = 0.0
         self.last_error = ""  # why the last write failed ("" once one succeeds)
         self.in_flight = 0  # finished documents in the store call under way (read by other threads)
+        self._pending: tuple[Any, list[Document], list[Document]] | None = None  # (handle, finished, live)
 
     @property
     def backing_off(self) -> bool:
@@ -74,12 +79,26 @@ class DocumentWriter:
         for doc in live:
             self.queued_live[doc.reference] = doc
 
-    def write(self, finished: list[Document], live: list[Document], *, force: bool = False) -> None:
+    @property
+    def pending(self) -> bool:
+        """A batch is with a sink that writes in the background (see ``store_process``)."""
+        return self._pending is not None
+
+    def write(self, finished: list[Document], live: list[Document], *, force: bool = False, settle: bool = False) -> None:
         """Queue these documents; write what is queued (and what waits for retry) when it is
-        time, or now with ``force``."""
+        time, or now with ``force``.
+
+        In the background (a sink with ``begin``, writing in another process) a batch is
+        handed over and this returns at once; a later call takes the answer.  It waits for
+        that answer only when forced, when a full batch is queued behind it (so memory stays
+        bounded), or with ``settle`` (the caller has nothing else to do)."""
         self.queue(finished, live)
+        if self._pending is not None:
+            if not (force or settle) and len(self.queued) < self.batch and not self._pending[0].done():
+                return
+            self.complete()
         now = time.monotonic()
-        if not force and now < self.next_write and len(self.queued) < self.batch:
+        if not force and now < self.next_write and len(self.queued) < self.batch and not self.background:
             return
         self.next_write = now + self.interval
         finished, self.queued = self.queued, []
@@ -99,17 +118,43 @@ class DocumentWriter:
             return
         self.in_flight = len(finished)
         try:
-            failed = self.open_sink().write(finished + live)
+            sink = self.open_sink()
+            begin = getattr(sink, "begin", None) if self.background and not force else None
+            if begin is not None:
+                self._pending = (begin(finished + live), finished, live)
+                return
+            failed = sink.write(finished + live)
         except Exception as exc:
-            self._failed(exc)
-            self._keep(finished)
-            # Its traceback holds the store call's frames (and, from a concurrent store, every
-            # failed request's): a cycle the garbage collector would free late.  Drop it now:
-            # a long outage retries many times.
-            exc.__traceback__ = None
+            self.in_flight = 0
+            self._not_written(exc, finished)
+            return
+        self.in_flight = 0
+        self._written(finished, live, failed)
+
+    def complete(self) -> None:
+        """Wait for the batch in the background write, and take its answer."""
+        if self._pending is None:
+            return
+        pending, finished, live = self._pending
+        self._pending = None
+        try:
+            failed = pending.result()
+        except Exception as exc:
+            self._not_written(exc, finished)
             return
         finally:
             self.in_flight = 0
+        self._written(finished, live, failed)
+
+    def _not_written(self, exc: Exception, finished: list[Document]) -> None:
+        self._failed(exc)
+        self._keep(finished)
+        # Its traceback holds the store call's frames (and, from a concurrent store, every
+        # failed request's): a cycle the garbage collector would free late.  Drop it now:
+        # a long outage retries many times.
+        exc.__traceback__ = None
+
+    def _written(self, finished: list[Document], live: list[Document], failed: list[Document]) -> None:
         self._backoff = 0.5
         self.retry_at = 0.0
         self.last_error = ""
@@ -195,6 +240,7 @@ class DocumentWriter:
 
     def take_all(self) -> list[Document]:
         """What still waits (at shutdown, to spill)."""
+        self.complete()
         documents = [*self.retry.values(), *self.queued]
         self.retry.clear()
         self.queued = []

@@ -96,7 +96,7 @@ class Sidecar:
                 self.wal, gate, ident, interval=config.checkpoint_interval, count=mark,
                 recount=lambda: read_mark(config, ident),
             )
-            self.pipeline = Pipeline(config, open_ended=True, durability=self.checkpointer)
+            self.pipeline = Pipeline(config, open_ended=True, durability=self.checkpointer, store_process=config.store_process)
             buffer = self.pipeline.execution_stats.buffer
             self.checkpointer.stats_waiting = lambda: buffer.pending
             self._replay(mark or 0)
