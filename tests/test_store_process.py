@@ -140,11 +140,14 @@ def test_a_dead_child_fails_the_write_in_flight_and_a_new_one_takes_the_next(sin
 
 def test_the_child_stops_when_its_parent_goes(sink_config):
     sink = ProcessSink(sink_config)
-    sink.write(documents(sink_config, 1))
-    child = sink._process
-    os.close(sink._to)  # what the parent's death does to the pipe
-    assert child.wait(10) == 0
-    child.stdout.close()
+    try:
+        sink.write(documents(sink_config, 1))
+        child, sink._process = sink._process, None
+        child.stdin.close()  # what the parent's death does to the pipe
+        assert child.wait(10) == 0
+        child.stdout.close()
+    finally:
+        sink.close()
 
 
 # -- the writer's background writes (a sink stand-in that answers when the test says) ----------

@@ -211,14 +211,15 @@ class ProcessSink:
     # -- the child ----------------------------------------------------------------------------
 
     def _start(self) -> None:
-        env = dict(os.environ)
-        # The child imports this package from where the parent did (a source checkout too).
+        # The same interpreter and environment; where this package is not on its default
+        # path (a checkout added at run time), it is found where the parent found it.
         package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH", "")) if p)
+        code = (f"import sys; sys.path.append({package_root!r}); "
+                "from trifle_otel.pipeline.store_process import main; sys.exit(main())")
         try:
             process = subprocess.Popen(
-                [sys.executable, "-c", "import sys; from trifle_otel.pipeline.store_process import main; sys.exit(main())"],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0, env=env, close_fds=True,
+                [sys.executable, "-c", code],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0, close_fds=True,
                 # Its own process group: a Ctrl-C in the terminal reaches the parent only,
                 # which writes what is left through the child before it stops it.
                 start_new_session=True,
@@ -259,8 +260,9 @@ class ProcessSink:
     def _readable(self) -> bool:
         if self._process is None:
             return True  # (the answer is an error, at once)
-        ready, _, _ = select.select([self._from], [], [], 0)
-        return bool(ready)
+        poller = select.poll()  # (not select(): serve may hold more than 1,024 descriptors)
+        poller.register(self._from, select.POLLIN | select.POLLHUP | select.POLLERR)
+        return bool(poller.poll(0))
 
     def _answer(self) -> Any:
         if self._process is None:
