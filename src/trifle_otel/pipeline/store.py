@@ -190,4 +190,7 @@ class StoreStage:
         self.stats.close()
         sink = self.current_sink()
         if sink is not None:
-            sink.close()
+            try:
+                sink.close()
+            except Exception:
+                pass
