@@ -47,7 +47,6 @@ from ..translate import Document
 logger = logging.getLogger("trifle_otel")
 
 PIPE_BYTES = 1 << 20  # the pipe's buffer, when the system allows: a batch crosses in few system calls
-START_TIMEOUT = 60.0  # seconds for the child to open the stores (a remote store may be slow to answer)
 STOP_TIMEOUT = 30.0
 
 
@@ -166,7 +165,6 @@ class ProcessSink:
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.compressed = config.gzip
         self._index: TraceIndex | None = None
         self._process: subprocess.Popen | None = None
         self._to = -1
@@ -220,7 +218,7 @@ class ProcessSink:
             process = subprocess.Popen(
                 [sys.executable, "-c", code],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0, close_fds=True,
-                # Its own process group: a Ctrl-C in the terminal reaches the parent only,
+                # Its own session: a Ctrl-C in the terminal reaches the parent only,
                 # which writes what is left through the child before it stops it.
                 start_new_session=True,
             )
@@ -308,7 +306,7 @@ class ProcessSink:
 def _serve(inp: int, out: int) -> int:
     """Answer requests until the input closes: open, write, discard, purge."""
     try:
-        kind, config = _receive(inp)
+        _, config = _receive(inp)  # ("open", the configuration)
     except EOFError:
         return 0
     try:
