@@ -61,6 +61,47 @@ def test_a_cycle_larger_than_the_retry_buffer_is_written_not_spilled(tmp_path):
     assert len(all_records(config)) == 200
 
 
+def test_a_backlog_taken_in_one_cycle_goes_to_the_store_thread_a_chunk_at_a_time(tmp_path):
+    """The store thread writes a long cycle's first documents while the worker translates
+    the rest: they are not all held until the cycle ends."""
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+
+    from trifle_otel.ingest.sdk import from_readable_span
+    from trifle_otel.pipeline import Pipeline
+    from trifle_otel.pipeline.worker import WRITE_CHUNK
+
+    ended: list = []
+
+    class Collect(SpanExporter):
+        def export(self, spans):
+            ended.extend(spans)
+            return SpanExportResult.SUCCESS
+
+    provider = TracerProvider(shutdown_on_exit=False)
+    provider.add_span_processor(SimpleSpanProcessor(Collect()))
+    executions = 2 * WRITE_CHUNK + 500
+    run_jobs(provider.get_tracer("t"), executions)
+    config = Config(home=str(tmp_path / "home"), live=False, queue_size=len(ended) + 1)
+    pipeline = Pipeline(config, convert=from_readable_span)
+    handed: list[int] = []
+    hand = pipeline.store.hand
+
+    def counting_hand(finished, live, ignored):
+        handed.append(len(finished))
+        hand(finished, live, ignored)
+
+    pipeline.store.hand = counting_hand
+    pipeline.submit_many(ended)  # one append: the next cycle takes all of it
+    assert pipeline.force_flush(60)
+    written = pipeline.stats()["executions_written"]
+    pipeline.shutdown()
+    assert sum(handed) == executions and written == executions
+    chunks = [n for n in handed if n]
+    assert len(chunks) >= 3, handed
+    assert max(chunks) < WRITE_CHUNK + 256, handed  # (a chunk of spans finishes at most its own executions)
+    assert len(all_records(config)) == executions
+
+
 def test_embedded_data_lives_in_sqlite_and_the_cli_reads_parts_and_artifacts(tmp_path):
     home = tmp_path / "home"
     config = Config(home=str(home), payload_size_limit=1000, part_size=2, live=False)

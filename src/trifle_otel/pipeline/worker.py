@@ -46,7 +46,7 @@ from .writer import DocumentWriter
 logger = logging.getLogger("trifle_otel")
 
 CHUNK = 256  # spans the worker takes through assembly, translation and stats at a time
-WRITE_CHUNK = 1_000  # finished executions a durable cycle translates before handing them to the writer
+WRITE_CHUNK = 1_000  # finished executions a cycle translates before handing them on to be written
 POLL_INTERVAL = 0.1  # seconds the worker sleeps when nothing wakes it (new live roots, grace)
 FLUSH_RETRY = 2.0  # seconds a flush tries again while the stores refuse
 
@@ -311,6 +311,11 @@ class Pipeline:
             ignored += skipped
             if not ended:
                 break
+            if len(finished) >= WRITE_CHUNK:
+                # A long cycle (a backlog) hands its documents over as it goes: the store
+                # thread writes them while this one translates the rest.
+                self.store.hand(finished, [], ignored)  # type: ignore[union-attr]
+                finished, ignored = [], []
         live = self._live_documents(now_ns, ignored) if self.live is not None and not final else []
         self.store.hand(finished, live, ignored)
         if flush or final:
