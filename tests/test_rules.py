@@ -6,7 +6,7 @@ import pytest
 from conftest import make_span
 
 from trifle_otel.errors import ConfigError
-from trifle_otel.stats.rules import RuleError, load_rules, parse_rules
+from trifle_otel.stats.rules import RuleError, compile_rule, load_rules, parse_rules
 
 BASE = """
 rules:
@@ -361,3 +361,13 @@ def test_names_from_the_file_reach_the_function_only_as_literals():
     out: dict = {}
     rule.emit(SPAN, {}, "", out)
     assert out == {name: 1, "it's.OK": 1}
+
+
+def test_attribute_keys_reach_the_function_only_as_literals():
+    # An attribute key with quotes and a statement in it: read as a key, never run.
+    key = "p') or __import__('os')._exit(3) or ('"
+    rule = compile_rule({"name": "keys", "keys": ["k"], "values": {"price": f'attributes["{key}"]', "n": 1}}, 0)
+    assert repr(key) in rule.emit.source
+    out: dict = {}
+    rule.emit(make_span("run/calc", 0, 20, attributes={key: 4.5}), {}, "", out)
+    assert out == {"price": 4.5, "n": 1}

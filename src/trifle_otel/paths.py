@@ -40,6 +40,15 @@ def field_attribute(path: str) -> str | None:
     return _FIELDS.get(path.strip())
 
 
+def attribute_path(path: str) -> tuple[bool, str] | None:
+    """``(resource?, key)`` of an attribute path (``attributes["k"]``), None for a field path;
+    a bad path raises :class:`ConfigError`."""
+    text = path.strip()
+    if text in _FIELDS:
+        return None
+    return _attribute(path, text)
+
+
 def compile_path(path: str) -> Getter:
     """Compile a path into a getter; a bad path raises :class:`ConfigError` saying why."""
     return _compile(path, with_context=False)

@@ -111,6 +111,9 @@ class Translator:
         self.config = config
         self._key_template = compile_template(config.key_template) if config.key_template else None
         self._tag_attributes = tuple(config.tag_attributes)
+        self._mark_attributes = frozenset((cv.IGNORE, cv.STATE, cv.TAGS, *self._tag_attributes))
+        self._key_attributes = (cv.KEY, *config.key_attributes)
+        self._context_of: tuple[Any, dict[str, Any]] = (None, {})  # (resource, its context): the last one
         self._meta_filter = set(config.meta_attributes) if config.meta_attributes is not None else None
         self._limit = config.payload_size_limit
         self._meta_limit = min(MAX_META_VALUE, config.payload_size_limit)
@@ -123,7 +126,7 @@ class Translator:
             if key:
                 return clean_key(key)
         # A producer root names the job it enqueues, not itself: keep the job's key for runs.
-        attrs = (cv.KEY,) if root.kind == "producer" else (cv.KEY, *self.config.key_attributes)
+        attrs = (cv.KEY,) if root.kind == "producer" else self._key_attributes
         for attr in attrs:
             value = root.attributes.get(attr)
             if value:
@@ -133,7 +136,7 @@ class Translator:
     def translate(self, execution: Execution, now_ns: int) -> Document:
         root = execution.root
         spans = execution.spans
-        marked_ignored, marked_state, tag_set = _marks(root, spans, self._tag_attributes)
+        marked_ignored, marked_state, tag_set = _marks(root, spans, self._tag_attributes, self._mark_attributes)
         ignored = marked_ignored or (
             # An enqueue with nothing around it (a script or a scheduler sending a job) is not a
             # job run: the run is the consumer's execution, which links back to it.
@@ -144,7 +147,7 @@ class Translator:
         builder = _LineBuilder(lines)
         builder.content(root, _children_by_parent(root, spans), level=0)
         builder.outcome(root, level=0)
-        artifacts = self._offload(lines)
+        artifacts, counters = offload_and_count(lines, self._limit)
 
         # Trifle semantics: the last explicit fail/warn/success wins; a failed root is an
         # error.  A failed child span marks its own lines, not the execution (the job may
@@ -164,9 +167,9 @@ class Translator:
             "tags": sorted(storable(t[:MAX_TAG_LENGTH]) for t in tag_set if t)[:MAX_TAGS],
             "state": state,
             "meta": meta,
-            "context": _context(root),
+            "context": self._context(root),
             "duration": round((end_ns - root.start_ns) / 1e6),
-            "counters": counters_of(lines),
+            "counters": counters,
             "length": len(lines),
             "parts": len(parts),
             "first_at": first_at,
@@ -187,22 +190,14 @@ class Translator:
 
     # -- internals ---------------------------------------------------------------------
 
-    def _offload(self, lines: list[dict[str, Any]]) -> list[tuple[str, bytes]]:
-        artifacts = []
-        limit = self._limit
-        for index, line in enumerate(lines):
-            message = line["message"]
-            if len(message) * 4 <= limit:  # cannot exceed the limit even at 4 bytes a char
-                continue
-            data = message.encode("utf-8", "replace")
-            if len(data) <= limit:
-                continue
-            name = f"part_row_{index + 1}.txt"
-            artifacts.append((name, data))
-            line["message"] = name
-            line["type"] = "media"
-            line["size"] = len(data)
-        return artifacts
+    def _context(self, root: Span) -> dict[str, Any]:
+        """The record's context: the resource's attributes that say where the job ran.  The
+        spans of a provider share one resource: it is read once, and each record gets a copy."""
+        resource = root.resource
+        last = self._context_of
+        if last[0] is not resource:
+            last = self._context_of = (resource, _context(root))
+        return dict(last[1])
 
     def _meta(self, root: Span) -> tuple[dict[str, Any], list[tuple[str, bytes]]]:
         meta: dict[str, Any] = {}
@@ -246,16 +241,20 @@ def _strings(value: Any) -> Iterable[str]:
     return (str(v) for v in value)
 
 
-def _marks(root: Span, spans: list[Span], tag_attributes: tuple[str, ...]) -> tuple[bool, str | None, set[str]]:
+def _marks(
+    root: Span, spans: list[Span], tag_attributes: tuple[str, ...], mark_attributes: frozenset[str]
+) -> tuple[bool, str | None, set[str]]:
     """What the spans' attributes and events say of their execution, in one pass: whether it
-    is ignored, the latest explicit state (``success``/``warning``/``error``), its tags."""
+    is ignored, the latest explicit state (``success``/``warning``/``error``), its tags.
+    (``mark_attributes``: every attribute read here; most spans have none of them, which one
+    test in C tells.)"""
     ignored = False
     latest: str | None = None
     latest_at = -1
     tags: set[str] = set()
     for span in (root, *spans):
         attrs = span.attributes
-        if attrs:
+        if attrs and not mark_attributes.isdisjoint(attrs):
             if attrs.get(cv.IGNORE):
                 ignored = True
             state = attrs.get(cv.STATE)
@@ -299,11 +298,24 @@ def _links(root: Span) -> list[dict[str, str]]:
     return links
 
 
-def counters_of(lines: list[dict[str, Any]]) -> dict[str, Any]:
+def offload_and_count(lines: list[dict[str, Any]], limit: int | None) -> tuple[list[tuple[str, bytes]], dict[str, Any]]:
+    """One pass over the lines: messages over ``limit`` bytes become artifacts (their line a
+    media line; no limit: none do), and the record's counters of what is left."""
+    artifacts = []
     states = {"success": 0, "warning": 0, "error": 0, "debug": 0}
     types = {"text": 0, "head": 0, "raw": 0, "media": 0}
     max_level = 0
+    index = 0
     for line in lines:
+        index += 1
+        if limit is not None and len(message := line["message"]) * 4 > limit:  # (under it, it cannot exceed the limit even at 4 bytes a char)
+            data = message.encode("utf-8", "replace")
+            if len(data) > limit:
+                name = f"part_row_{index}.txt"
+                artifacts.append((name, data))
+                line["message"] = name
+                line["type"] = "media"
+                line["size"] = len(data)
         state = line["state"]
         if state in states:
             states[state] += 1
@@ -312,7 +324,12 @@ def counters_of(lines: list[dict[str, Any]]) -> dict[str, Any]:
             types[kind] += 1
         if line["level"] > max_level:
             max_level = line["level"]
-    return {"states": states, "types": types, "max_level": max_level}
+    return artifacts, {"states": states, "types": types, "max_level": max_level}
+
+
+def counters_of(lines: list[dict[str, Any]]) -> dict[str, Any]:
+    """A record's ``counters``: lines by state and by type, and the deepest level."""
+    return offload_and_count(lines, None)[1]
 
 
 _start = attrgetter("start_ns")  # (a sort key in C: called for every child span)
@@ -419,7 +436,7 @@ class _LineBuilder:
         self.lines.append(
             {"at": end_ns // 1_000_000_000, "message": span.name + END,
              "state": "error" if failed else "success", "type": "text", "level": level, "ns": end_ns,
-             "span_id": span.span_id, "duration": round((end_ns - start) / 1e6, 3)}
+             "span_id": span.span_id, "duration": (end_ns - start + 500) // 1000 / 1000}  # (ms to the µs: round(.., 3) takes 4x as long)
         )
         if failed or cv.RESULT in span.attributes:
             self.outcome(span, level)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.trace import SpanContext, SpanKind, StatusCode
 
 from ..model import Event, Link, Span
 
@@ -21,19 +21,22 @@ _STATUS = {StatusCode.UNSET.value: "unset", StatusCode.OK.value: "ok", StatusCod
 
 # Resources are shared by every span of a provider: convert each one once.
 _resource_cache: dict[int, tuple[Any, Mapping[str, Any]]] = {}
+# The last resource converted, ``(resource, attributes)`` replaced whole (threads may share it):
+# consecutive spans nearly always come from one provider.
+_last_resource: list[tuple[Any, Mapping[str, Any]]] = [(None, {})]
 
 
-def _resource(span: ReadableSpan) -> Mapping[str, Any]:
-    resource = span.resource
+def _resource(resource: Any) -> Mapping[str, Any]:
     if resource is None:
         return {}
     cached = _resource_cache.get(id(resource))
     if cached is not None and cached[0] is resource:
+        _last_resource[0] = cached
         return cached[1]
     attrs = dict(resource.attributes)
     if len(_resource_cache) > 64:
         _resource_cache.clear()
-    _resource_cache[id(resource)] = (resource, attrs)
+    _resource_cache[id(resource)] = _last_resource[0] = (resource, attrs)
     return attrs
 
 
@@ -41,14 +44,18 @@ def _attrs(mapping: Any, frozen: bool = True) -> Mapping[str, Any]:
     """A read-only view of span attributes.
 
     An ended span's ``BoundedAttributes`` is immutable, so its inner dict is shared as it is
-    (no copy on the hot path); a started span may still change, so it is copied.
+    (no copy on the hot path); a started span may still change, so it is copied.  (The inner
+    dict is looked for before any truth test: ``BoundedAttributes.__len__`` is Python code.)
     """
-    if not mapping:
-        return {}
     inner = getattr(mapping, "_dict", None)
-    if inner is not None and frozen:
-        return inner
-    source = inner if inner is not None else mapping
+    if inner is not None:
+        if frozen:
+            return inner
+        source = inner
+    elif not mapping:
+        return {}
+    else:
+        source = mapping
     for _ in range(3):
         try:
             return dict(source)
@@ -57,36 +64,20 @@ def _attrs(mapping: Any, frozen: bool = True) -> Mapping[str, Any]:
     return {}
 
 
-def _remembering_hex(spec: str) -> Any:
-    """An id formatter that remembers the last id: the spans of one execution arrive
-    together and share their trace id, and siblings share their parent's id.  (It keeps one
-    ``(id, text)`` pair, replaced whole: safe when several threads convert.)"""
-    last: list[tuple[Any, str]] = [(None, "")]
-
-    def to_hex(value: int) -> str:
-        known = last[0]
-        if known[0] == value:
-            return known[1]
-        text = format(value, spec)
-        last[0] = (value, text)
-        return text
-
-    return to_hex
-
-
-_trace_hex = _remembering_hex("032x")
-_parent_hex = _remembering_hex("016x")
-
-
-def _items(sequence: Any) -> Any:
-    """An ended SDK span's ``BoundedList`` items without its Python-level ``__len__`` (truth
-    tests on it run for every span); nothing is added to them once the span has ended."""
-    return getattr(sequence, "_dq", sequence)
+# The last trace id and parent id formatted, each an ``(id, text)`` pair replaced whole (safe
+# when several threads convert): the spans of one execution arrive together and share their
+# trace id, and siblings share their parent's id.
+_last_trace: list[tuple[Any, str]] = [(None, "")]
+# ``SpanContext`` is a tuple (trace id, span id, is_remote, ...) whose fields are properties
+# over its items: the items are read directly while that holds.
+_CONTEXT_IS_TUPLE = tuple(SpanContext(1, 2, True))[:3] == (1, 2, True)
+_last_parent: list[tuple[Any, str]] = [(None, "")]
 
 
 def from_readable_span(span: ReadableSpan) -> Span:
     """Convert one SDK span.  Reads the SDK's fields directly when it can (this runs for
-    every span on the worker), and through the public properties otherwise."""
+    every span on the worker, so each property call and helper call saved counts), and
+    through the public properties otherwise."""
     try:
         ctx = span._context
         parent = span._parent
@@ -98,33 +89,77 @@ def from_readable_span(span: ReadableSpan) -> Span:
         kind = span._kind
         scope = span._instrumentation_scope
         start = span._start_time
+        name = span._name
+        resource = span._resource
     except AttributeError:
         ctx, parent, status, end = span.context, span.parent, span.status, span.end_time
         attributes, events, links = span.attributes, span.events, span.links
         kind, scope, start = span.kind, span.instrumentation_scope, span.start_time
-    frozen = end is not None
-    if frozen:  # (a started span may still get links: its BoundedList iterates a locked copy)
-        events = _items(events)
-        links = _items(links)
+        name, resource = span.name, span.resource
+    if end is not None:
+        # An ended span's BoundedLists get nothing more: their items, without the Python-level
+        # ``__len__`` that truth tests would call.  (A started span may still get links: its
+        # BoundedList iterates a locked copy.)
+        events = getattr(events, "_dq", events)
+        links = getattr(links, "_dq", links)
+        attrs = getattr(attributes, "_dict", None)
+        if attrs is None:
+            attrs = _attrs(attributes)
+        event_list = tuple([Event(e.name, e.timestamp, _attrs(e.attributes)) for e in events]) if events else ()
+    else:
+        attrs = _attrs(attributes, False)
+        event_list = ()
+    if _CONTEXT_IS_TUPLE:
+        trace_id, span_id = ctx[0], ctx[1]
+    else:
+        trace_id, span_id = ctx.trace_id, ctx.span_id
+    known = _last_trace[0]
+    if known[0] == trace_id:
+        trace_hex = known[1]
+    else:
+        trace_hex = format(trace_id, "032x")
+        _last_trace[0] = (trace_id, trace_hex)
+    if parent is not None:
+        parent_id = parent.span_id
+        known = _last_parent[0]
+        if known[0] == parent_id:
+            parent_hex: str | None = known[1]
+        else:
+            parent_hex = format(parent_id, "016x")
+            _last_parent[0] = (parent_id, parent_hex)
+        parent_remote = parent.is_remote
+    else:
+        parent_hex = None
+        parent_remote = False
+    if status is None:
+        status_code, status_message = "unset", ""
+    else:
+        try:
+            code, description = status._status_code, status._description
+        except AttributeError:
+            code, description = status.status_code, status.description
+        status_code, status_message = _STATUS.get(getattr(code, "_value_", None), "unset"), description or ""
+    known = _last_resource[0]
+    resource_attrs = known[1] if known[0] is resource and resource is not None else _resource(resource)
     return Span(
-        _trace_hex(ctx.trace_id),
-        format(ctx.span_id, "016x"),
-        span.name,
+        trace_hex,
+        format(span_id, "016x"),
+        name,
         start or 0,
         end,
-        _parent_hex(parent.span_id) if parent is not None else None,
-        parent is not None and parent.is_remote,
+        parent_hex,
+        parent_remote,
         _KIND.get(getattr(kind, "_value_", kind), "internal"),
-        _STATUS.get(getattr(status.status_code, "_value_", None), "unset") if status is not None else "unset",
-        (status.description or "") if status is not None else "",
-        _attrs(attributes, frozen),
-        tuple([Event(e.name, e.timestamp, _attrs(e.attributes)) for e in events]) if frozen and events else (),
+        status_code,
+        status_message,
+        attrs,
+        event_list,
         tuple(
             [Link(format(l.context.trace_id, "032x"), format(l.context.span_id, "016x"), _attrs(l.attributes)) for l in links]
         )
         if links
         else (),
-        _resource(span),
+        resource_attrs,
         scope.name if scope is not None else "",
     )
 

@@ -5,9 +5,11 @@ matches a rule calls each of them, and each calls its path's getter.  For the us
 (constants, numeric paths, triples, distributions, maps counting a constant, and groups of
 those) this module writes the same additions as the body of a single function instead, so
 a span costs one call per rule.  Only the rule's structure shapes the source: names from
-the file reach it as ``repr`` literals, a span field as the attribute the paths' own table
-names, other paths' getters and bucket bounds as objects in its namespace, so nothing
-from the file is executed.  A form not covered here (a map whose value is not a
+the file (value names, attribute keys) reach it as ``repr`` literals, a span field as the
+attribute the paths' own table names, other paths' getters and bucket bounds as objects in
+its namespace, so nothing from the file is executed.  ``out`` starts empty, so a path's
+first addition (unless a map or a distribution could have written it before) is a plain
+assignment.  A form not covered here (a map whose value is not a
 constant) keeps the closures.  The rules file is validated by the closures' compilation
 first; this only runs on what that accepted.
 """
@@ -19,7 +21,7 @@ import math
 from collections.abc import Mapping
 from typing import Any, Callable
 
-from ..paths import field_attribute
+from ..paths import attribute_path, field_attribute
 from .values import is_number, sanitize_name
 
 Emitter = Callable[[Any, Any, str, dict[str, Any]], None]
@@ -43,6 +45,9 @@ class _Writer:
             "_bisect": bisect.bisect_right,
         }
         self.count = 0
+        self.assigned: set[str] = set()  # fixed paths written so far
+        self.map_prefixes: list[str] = []  # prefixes of the paths maps write (any suffix)
+        self.chosen: set[str] = set()  # paths distributions choose from
 
     def name(self, value: Any, stem: str) -> str:
         """Put an object in the namespace; its name in the source."""
@@ -53,8 +58,20 @@ class _Writer:
 
     def read(self, path: str) -> None:
         field = field_attribute(path)
+        if field == "duration_ms":  # (the property, inline)
+            self.lines.append("v = span.end_ns\nif v is not None:\n    v = (v - span.start_ns) / 1e6")
+            return
         if field is not None:  # a field of the span (its name from the paths' own table): read inline
             self.lines.append(f"v = span.{field}")
+            return
+        text = path.strip()
+        if text in ("execution.state", "execution.key"):
+            self.lines.append(f"v = ctx.get({text.split('.')[1]!r})")
+            return
+        attribute = attribute_path(text) if not text.startswith("execution.") else None
+        if attribute is not None:  # an attribute: its key as a literal
+            resource, key = attribute
+            self.lines.append(f"v = span.{'resource' if resource else 'attributes'}.get({key!r})")
             return
         getter = self.name(self.compile_path(path), "get")
         self.lines.append(f"v = {getter}(span, ctx)")
@@ -67,7 +84,11 @@ class _Writer:
         )
 
     def add(self, path: str, amount: str, indent: str = "") -> None:
-        self.lines.append(f"{indent}out[{path!r}] = get({path!r}, 0) + {amount}")
+        if path in self.assigned or path in self.chosen or any(path.startswith(p) for p in self.map_prefixes):
+            self.lines.append(f"{indent}out[{path!r}] = get({path!r}, 0) + {amount}")
+        else:
+            self.assigned.add(path)
+            self.lines.append(f"{indent}out[{path!r}] = {amount}")
 
     def values(self, spec: Any, prefix: str) -> None:
         if is_number(spec):
@@ -90,6 +111,7 @@ class _Writer:
             if not is_number(inner):
                 raise _Unsupported
             self.read(spec["map"])
+            self.map_prefixes.append(prefix)
             self.lines.append(
                 f'if v is not None and v != "":\n'
                 f"    p = {prefix!r} + _sanitize(v)\n"
@@ -101,6 +123,7 @@ class _Writer:
             labels = [self.label(b) for b in bounds]
             paths = [prefix + "lt_" + labels[0], *(prefix + label for label in labels[:-1]), prefix + "ge_" + labels[-1]]
             bounds_name, paths_name = self.name(bounds, "bounds"), self.name(paths, "paths")
+            self.chosen.update(paths)
             self.read(spec["distribution"])
             self.if_number()
             self.lines.append(f"    p = {paths_name}[_bisect({bounds_name}, v)]\n    out[p] = get(p, 0) + 1")
@@ -112,7 +135,8 @@ class _Writer:
 def compile_values(spec: Mapping[str, Any], compile_path: PathCompiler, bounds_of: BoundsOf, label: Labeler,
                    source_name: str = "<rule values>") -> Emitter | None:
     """One function adding what ``spec`` tracks for a span to ``out`` (called with an empty
-    ``dynamic`` prefix, as a rule's top-level values are), or None for the closures."""
+    ``out`` and an empty ``dynamic`` prefix, as a rule's top-level values are), or None for
+    the closures."""
     writer = _Writer(compile_path, bounds_of, label)
     try:
         writer.values(spec, "")

@@ -271,6 +271,20 @@ def _key_template(rule: str, template: Any) -> Callable[[Span, Context], str | N
 
         return render_literal
 
+    if len(parts) == 3:  # one placeholder (``prices/customer/{attributes["customer.id"]}``): no loop
+        head, read, tail = parts
+
+        def render_one(span: Span, ctx: Context) -> str | None:
+            value = read(span, ctx)
+            if value is None or value == "":
+                return None  # this key does not apply to this span
+            text = value if type(value) is str else str(value)
+            if "/" in text or "::" in text:
+                text = text.replace("::", "_").replace("/", "_")
+            return head + text + tail
+
+        return render_one
+
     def render(span: Span, ctx: Context) -> str | None:
         out = []
         for part in parts:
@@ -617,7 +631,10 @@ class RuleSet:
 
     def collect(self, span: Span, ctx: Context, tracks: list) -> None:
         """Append the span's tracks to ``tracks`` as ``(key, at, values, rule)`` (the hot path)."""
-        for rule, conditions in self._candidates(span.name):
+        candidates = self._for_name.get(span.name)
+        if candidates is None:
+            candidates = self._candidates(span.name)
+        for rule, conditions in candidates:
             for condition in conditions:
                 if not condition(span, ctx):
                     break
