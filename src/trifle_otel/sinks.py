@@ -61,16 +61,19 @@ class TraceSink:
         items: list[tuple[str, bytes, str | None]] = []
         owners: list[int] = []  # items[i] belongs to documents[owners[i]]
         bases: list[tuple[str, list[int] | None]] = []
+        paths, written_parts, prefix, bucket_for = self._paths, self._written, self.prefix, self.data.bucket_for
         for number, doc in enumerate(documents):
+            record = doc.record
+            reference = record["reference"]
             # A live record keeps the data path of its first write even if its key changes
             # (a job's name attribute set just after its span started).
-            base = self._paths.get(doc.reference) or data_prefix(doc.record, self.prefix)
-            bucket = self.data.bucket_for(doc.reference)
-            doc.record["data_path"] = base
-            doc.record["bucket_name"] = bucket
+            base = (paths and paths.get(reference)) or data_prefix(record, prefix)
+            bucket = bucket_for(reference)
+            record["data_path"] = base
+            record["bucket_name"] = bucket
             # Parts unchanged since the previous live write are not written again.
-            seen = self._written.get(doc.reference)
-            live = seen is not None or doc.record["state"] == "running"
+            seen = written_parts.get(reference) if written_parts else None
+            live = seen is not None or record["state"] == "running"
             digests: list[int] | None = [] if live else None
             bodies = encode_parts(doc, self.compressed).bodies or []
             for part, body in enumerate(bodies, start=1):
@@ -91,16 +94,17 @@ class TraceSink:
         written = [n for n in range(len(documents)) if n not in failed_docs]
         if written:
             self.index.upsert([documents[n].record for n in written])
-        # Only once the index has them: a failed batch is retried as it was.
+        # Only once the index has them: a failed batch is retried as it was.  (Without live
+        # records there is nothing to remember, and nothing to forget.)
         for n in written:
-            doc = documents[n]
-            base, digests = bases[n]
-            if doc.record["state"] == "running":
-                self._written[doc.reference] = digests or []
-                self._paths[doc.reference] = base
-            else:
-                self._written.pop(doc.reference, None)
-                self._paths.pop(doc.reference, None)
+            record = documents[n].record
+            if record["state"] == "running":
+                base, digests = bases[n]
+                written_parts[record["reference"]] = digests or []
+                paths[record["reference"]] = base
+            elif written_parts or paths:
+                written_parts.pop(record["reference"], None)
+                paths.pop(record["reference"], None)
         return [documents[n] for n in sorted(failed_docs)]
 
     def purge_expired(self, now: datetime, limit: int = 1000) -> int:

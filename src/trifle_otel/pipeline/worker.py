@@ -222,13 +222,16 @@ class Pipeline:
         # taking requests past ``retry_buffer`` of them) and the log keeps their spans.
         retry_limit = sys.maxsize if self._durability is not None else c.retry_buffer
         # Writes in a child process go a chunk at a time: one being written, one translated.
+        # So do the store thread's: while a backlog is translated it writes each chunk as it
+        # comes, and what a flush waits for at its end is one chunk's write, not five.
+        chunked = self._store_process or self._durability is None
         self.writer = DocumentWriter(self._open_sink, self.spill, retry_limit, self.counters, interval=c.flush_interval,
-                                     batch=WRITE_CHUNK if self._store_process else 5_000, background=self._store_process)
+                                     batch=WRITE_CHUNK if chunked else 5_000, background=self._store_process)
         # With a durable input the worker writes itself: a checkpoint needs its writes done
         # and the stats written with its mark, so no other thread may flush them.
         self.store = None if self._durability is not None else StoreStage(
             self.writer, self.execution_stats, self.spill, self._open_sink, lambda: self._sink, self.counters,
-            replay_batch=c.retry_buffer,
+            replay_batch=c.retry_buffer, batch=WRITE_CHUNK,
         )
         self._purge = ExpiredPurge(self.counters)
 

@@ -28,12 +28,28 @@ def _safe_key(key: str) -> str:
     return "/".join(safe_segment(s) for s in key.split("/") if s)
 
 
+@lru_cache(maxsize=10_000, typed=True)
+def _head(retention: Any, prefix: str, key: str) -> str:
+    """``<retention>/<prefix>/<key>/``: shared by every execution of a key."""
+    head = "/".join(p for p in (str(retention), prefix.strip("/"), _safe_key(key)) if p)
+    return head + "/" if head else ""
+
+
 def data_prefix(record: dict[str, Any], prefix: str = DEFAULT_PREFIX) -> str:
-    parts = [str(record["retention"]), prefix.strip("/"), _safe_key(record["key"]), safe_segment(record["reference"])]
-    return "/".join(p for p in parts if p) + "/"
+    reference = record["reference"]
+    # A reference the bridge made is hex: safe as it is (the regex is a fifth of this call).
+    if not (type(reference) is str and reference.isascii() and reference.isalnum() and len(reference) <= 200):
+        reference = safe_segment(reference)
+    head = _head(record["retention"], prefix, record["key"])
+    return head + reference + "/" if reference else (head or "/")
+
+
+_PART_NAMES = tuple((f"data_{n}.json", f"data_{n}.json.gz") for n in range(64))
 
 
 def part_name(number: int, compressed: bool) -> str:
+    if 0 < number < 64:
+        return _PART_NAMES[number][compressed]
     return f"data_{number}.json" + (".gz" if compressed else "")
 
 
