@@ -4,6 +4,9 @@ Used by the benchmarks to put a local S3-compatible server (moto) at the distanc
 one: each request waits ``latency`` seconds, then goes to the upstream server over a
 kept-alive connection of its own.  It counts requests and the most in flight at once, so
 a benchmark can show how much concurrency the client used.
+
+With no upstream it answers every request itself (``200`` and an ETag, after the latency):
+an S3 whose server is never the limit, to measure what the client side can send.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ _HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encodin
 
 
 class LatencyProxy:
-    def __init__(self, upstream: tuple[str, int], latency: float) -> None:
+    def __init__(self, upstream: tuple[str, int] | None, latency: float) -> None:
         self.upstream = upstream
         self.latency = latency
         self.requests = 0
@@ -42,6 +45,12 @@ class LatencyProxy:
                     length = int(self.headers.get("Content-Length") or 0)
                     body = self.rfile.read(length) if length else None
                     time.sleep(proxy.latency)
+                    if proxy.upstream is None:
+                        self.send_response(200)
+                        self.send_header("ETag", '"stub"')
+                        self.send_header("Content-Length", "0")
+                        self.end_headers()
+                        return
                     conn = getattr(self, "_upstream", None)
                     if conn is None:
                         conn = self._upstream = http.client.HTTPConnection(*proxy.upstream, timeout=60)

@@ -14,7 +14,9 @@ Three measurements, each in its own subprocess (so peak RSS is its own):
    to the pipeline at once and flushed: executions/s and worker CPU µs per span.
 3. **S3 under latency** (``--s3``): the same worker run into moto's S3 server behind a
    local proxy that adds ``--latency-ms`` to every request: executions/s and the most
-   requests in flight at once.
+   requests in flight at once.  Then the same run against the proxy answering every put
+   itself (no moto behind it): what the client side (boto3 on the pool) can send when the
+   server is not the limit.
 
 Usage: python bench/pipeline_throughput.py [--seconds 5] [--rounds 3] [--executions 20000] [--s3]
 """
@@ -196,7 +198,7 @@ def run_child(*args: str) -> dict:
 # -- S3 with latency ----------------------------------------------------------------------
 
 
-def s3_run(executions: int, latency_ms: float, concurrency: int) -> dict:
+def s3_run(executions: int, latency_ms: float, concurrency: int, *, stub: bool = False) -> dict:
     sys.path.insert(0, str(HERE))
     from latency_proxy import LatencyProxy  # noqa: E402
     import logging
@@ -204,11 +206,12 @@ def s3_run(executions: int, latency_ms: float, concurrency: int) -> dict:
     from moto.server import ThreadedMotoServer
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
+    server = None if stub else ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    if server is not None:
+        server.start()
     try:
-        host, port = server.get_host_and_port()
-        with LatencyProxy(("127.0.0.1", port), latency_ms / 1000) as proxy:
+        upstream = ("127.0.0.1", server.get_host_and_port()[1]) if server is not None else None
+        with LatencyProxy(upstream, latency_ms / 1000) as proxy:
             env = {
                 **os.environ,
                 "AWS_ACCESS_KEY_ID": "bench",
@@ -218,7 +221,7 @@ def s3_run(executions: int, latency_ms: float, concurrency: int) -> dict:
             }
             import boto3
 
-            boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1",
+            boto3.client("s3", endpoint_url=proxy.url, region_name="us-east-1",
                          aws_access_key_id="bench", aws_secret_access_key="bench").create_bucket(Bucket="bench")
             with tempfile.TemporaryDirectory() as home:
                 proc = subprocess.run(
@@ -234,7 +237,8 @@ def s3_run(executions: int, latency_ms: float, concurrency: int) -> dict:
             result["max_in_flight"] = proxy.max_in_flight
             return result
     finally:
-        server.stop()
+        if server is not None:
+            server.stop()
 
 
 def main() -> int:
@@ -300,6 +304,13 @@ def main() -> int:
                   f"{rates[latency]:,.0f} executions/s; {s['requests']:,} requests, at most {s['max_in_flight']} in "
                   f"flight (s3_concurrency {args.s3_concurrency}); written {s['written']:,}")
         print(f"  ratio executions/s at +{args.latency_ms:g} ms / at +0 ms: {rates[args.latency_ms] / rates[0.0]:.2f}")
+        s = s3_run(args.s3_executions, args.latency_ms, args.s3_concurrency, stub=True)
+        stub_rate = s["executions"] / s["elapsed"]
+        print(f"  S3 stub (the proxy answers every put; no server limit) at +{args.latency_ms:g} ms: "
+              f"{s['executions']:,} executions in {s['elapsed']:.2f} s: {stub_rate:,.0f} executions/s, "
+              f"worker process CPU {s['cpu'] / s['executions'] * 1e6:,.0f} us an execution; {s['requests']:,} requests, "
+              f"at most {s['max_in_flight']} in flight; written {s['written']:,}")
+        print(f"  ratio executions/s, stub / moto at +{args.latency_ms:g} ms: {stub_rate / rates[args.latency_ms]:.2f}")
     return 0
 
 
