@@ -308,7 +308,8 @@ def offload_and_count(lines: list[dict[str, Any]], limit: int | None) -> tuple[l
     index = 0
     for line in lines:
         index += 1
-        if limit is not None and len(message := line["message"]) * 4 > limit:  # (under it, it cannot exceed the limit even at 4 bytes a char)
+        # (a message of at most limit / 4 characters cannot exceed it, even at 4 bytes a character)
+        if limit is not None and len(message := line["message"]) * 4 > limit:
             data = message.encode("utf-8", "replace")
             if len(data) > limit:
                 name = f"part_row_{index}.txt"

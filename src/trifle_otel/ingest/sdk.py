@@ -68,10 +68,10 @@ def _attrs(mapping: Any, frozen: bool = True) -> Mapping[str, Any]:
 # when several threads convert): the spans of one execution arrive together and share their
 # trace id, and siblings share their parent's id.
 _last_trace: list[tuple[Any, str]] = [(None, "")]
+_last_parent: list[tuple[Any, str]] = [(None, "")]
 # ``SpanContext`` is a tuple (trace id, span id, is_remote, ...) whose fields are properties
 # over its items: the items are read directly while that holds.
 _CONTEXT_IS_TUPLE = tuple(SpanContext(1, 2, True))[:3] == (1, 2, True)
-_last_parent: list[tuple[Any, str]] = [(None, "")]
 
 
 def from_readable_span(span: ReadableSpan) -> Span:
