@@ -112,6 +112,40 @@ def test_buffer_coalesces_writes_per_bucket_not_per_track(tmp_path):
     assert driver.get([("k", "1h", HOUR)]) == [{"count": 1000, "sum": 500.0}]
 
 
+@pytest.mark.parametrize("cell_cache", [None, 50])
+def test_buffer_sums_each_cell_once_and_spreads_it_exactly(tmp_path, monkeypatch, cell_cache):
+    """Tracks are summed per cell (the seconds sharing every granularity's bucket), across a
+    DST change in a zone with a half-hour offset; with a small cell cache (cleared often)
+    a cell gets several entries and the sums are still exact."""
+    from trifle_otel.stats import buffer as buffer_module
+
+    if cell_cache:
+        monkeypatch.setattr(buffer_module, "CELL_CACHE", cell_cache)
+    floor = Floor("America/St_Johns")  # -02:30 → -03:30 at 2026-11-01 04:30 UTC
+    grans = [parse_granularity(g) for g in ("1m", "15m", "1h", "1d")]
+    driver = SQLiteStatsDriver(tmp_path / "s.db")
+    buffer = StatsBuffer(driver, grans, floor)
+    start = int(datetime(2026, 11, 1, 3, tzinfo=timezone.utc).timestamp())
+    expected: dict = {}
+    cells = set()
+    for i, second in enumerate(range(start, start + 3 * 3600, 7)):
+        buffer.track_values("k", second + 0.5, {"count": 1, "v": {"i": i}})
+        cells.add(tuple(floor.bucket(second, g) for g in grans))
+        for g in grans:
+            sums = expected.setdefault((g.text, floor.bucket(second, g)), {"count": 0, "v": {"i": 0}})
+            sums["count"] += 1
+            sums["v"]["i"] += i
+    if cell_cache is None:
+        assert len(buffer._raw) == len(cells) == 180  # one entry a minute, not one a track
+    else:
+        assert len(buffer._raw) > len(cells)
+    buffer.flush()
+    idents = sorted(expected)
+    assert driver.get([("k", text, bucket) for text, bucket in idents]) == [expected[i] for i in idents]
+    system = driver.get([("__system__key__", text, bucket) for text, bucket in idents])
+    assert [s["count"] for s in system] == [expected[i]["count"] for i in idents]
+
+
 def test_buffer_is_exact_under_concurrent_threads(tmp_path):
     driver = SQLiteStatsDriver(tmp_path / "s.db")
     buffer = StatsBuffer(driver, [parse_granularity("1m"), parse_granularity("1h")], Floor(), flush_size=50, thread=True,

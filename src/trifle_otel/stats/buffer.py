@@ -1,7 +1,8 @@
 """The stats buffer: increments coalesced in memory, written as one bulk write per flush.
 
-Tracks are summed per (key, second) as they come (floats stay floats), then spread over
-every granularity's buckets at flush, so the store writes per flush grow with the distinct
+Tracks are summed per (key, cell) as they come (floats stay floats; a cell is the seconds
+that share their bucket at every granularity: with the default list, a minute), then spread
+over every granularity's buckets at flush, so the store writes per flush grow with the distinct
 buckets touched, not with the number of tracks, and a track costs its values, not values ×
 granularities.  A failed flush puts its increments back (summed with what came meanwhile)
 and is retried; past ``max_buckets`` entries new increments are dropped and counted, so an
@@ -52,6 +53,7 @@ class BufferCounters:
     dropped: int = 0
 
 
+CELL_CACHE = 20_000  # seconds whose cell is remembered (at one a second of real time, 5.5 hours)
 MIN_SECONDS = -2_208_988_800  # 1900-01-01
 MAX_SECONDS = 253_370_764_800  # 9998-12-31: every bucket of it, a year included, has an end
 
@@ -92,8 +94,10 @@ class StatsBuffer:
         self.flush_size = flush_size
         self.max_buckets = max_buckets
         self.counters = BufferCounters()
-        self._raw: dict[tuple[str, int], dict[str, Any]] = {}  # (key, second) -> values
-        self._calls: dict[tuple[str, int], int] = {}  # (key, second) -> calls (system tracking)
+        self._raw: dict[tuple[str, int], dict[str, Any]] = {}  # (key, cell's second) -> values
+        self._calls: dict[tuple[str, int], int] = {}  # (key, cell's second) -> calls (system tracking)
+        self._cell_of: dict[int, int] = {}  # second -> the second standing for its cell
+        self._cell_second: dict[tuple[int, ...], int] = {}  # cell (its bucket starts) -> that second
         self._inc: dict[Bucket, dict[str, Any]] = {}  # already spread: put back or replayed
         self._set: dict[Bucket, dict[str, Any]] = {}
         self._lock = threading.Lock()
@@ -131,37 +135,43 @@ class StatsBuffer:
         self.track_values(key, epoch_seconds(at), values)
 
     def track_values(self, key: str, ts: float, values: Mapping[str, Any]) -> None:
-        """``track`` with nested ``values``, added straight into the (key, second) sums: no
+        """``track`` with nested ``values``, added straight into the (key, cell) sums: no
         flat copy is made first (this is the API's hot path)."""
-        ident = (key, int(ts) if 0 <= ts < MAX_SECONDS else _second(ts))
+        second = int(ts) if 0 <= ts < MAX_SECONDS else _second(ts)
+        cell = self._cell_of.get(second)
+        ident = (key, cell if cell is not None else self._cell(second))
         with self._lock:
             raw = self._raw
             target = raw.get(ident)
-            new = target is None
-            if new:
+            if target is not None:
+                if not add_nested(target, values):
+                    return
+                full = False  # (the buffer grows only by new entries)
+            else:
                 if len(raw) >= self.max_buckets:
                     self.counters.dropped += 1
                     return
                 target = {}
-            if not add_nested(target, values):
-                return
-            if new:
+                if not add_nested(target, values):
+                    return
                 raw[ident] = target
+                full = len(raw) >= self.flush_size
             self.counters.tracks += 1
             if self.system_tracking:
                 calls = self._calls
                 calls[ident] = calls.get(ident, 0) + 1
-            full = len(raw) >= self.flush_size
         if full and self._thread is not None:
             self._wake.set()
 
     def track_flat(self, key: str, ts: float, flat: Mapping[str, Any], count: int = 1) -> None:
-        """Add flat dotted ``values``.  They are summed per (key, second) here, and spread over
+        """Add flat dotted ``values``.  They are summed per (key, cell) here, and spread over
         the granularities' buckets at flush: every bucket is a whole number of seconds, so the
         result is the same, and a track costs its values, not values × granularities."""
         if not flat:
             return
-        ident = (key, _second(ts))
+        second = _second(ts)
+        cell = self._cell_of.get(second)
+        ident = (key, cell if cell is not None else self._cell(second))
         with self._lock:
             self.counters.tracks += 1
             raw = self._raw
@@ -186,24 +196,28 @@ class StatsBuffer:
         """``track_flat`` for several ``(key, ts, flat values, ...)`` tracks under one lock (an
         execution's tracks at once)."""
         items = []
+        cell_of = self._cell_of
         for track in tracks:
             if track[2]:
                 ts = track[1]
                 if 0 <= ts < MAX_SECONDS:  # (the usual time, checked without a call)
-                    items.append((track[0], int(ts), track[2]))
-                    continue
-                try:
-                    items.append((track[0], _second(ts), track[2]))
-                except ValueError:  # a time out of range: that track only is refused
-                    self.counters.dropped += 1
+                    second = int(ts)
+                else:
+                    try:
+                        second = _second(ts)
+                    except ValueError:  # a time out of range: that track only is refused
+                        self.counters.dropped += 1
+                        continue
+                cell = cell_of.get(second)
+                items.append((track[0], cell if cell is not None else self._cell(second), track[2]))
         if not items:
             return
         system = self.system_tracking
         with self._lock:
             raw = self._raw
             calls = self._calls
-            for key, second, flat in items:
-                ident = (key, second)
+            for key, cell, flat in items:
+                ident = (key, cell)
                 values = raw.get(ident)
                 if values is None:
                     if len(raw) >= self.max_buckets:
@@ -221,13 +235,29 @@ class StatsBuffer:
         if full and self._thread is not None:
             self._wake.set()
 
-    def _spread(self, raw: dict[tuple[str, int], dict[str, Any]], calls: dict[tuple[str, int], int]) -> dict[Bucket, dict[str, Any]]:
-        """Per-second sums → per-bucket sums at every granularity (plus system tracking).
+    def _cell(self, second: int) -> int:
+        """The second that stands for ``second``'s cell: the first one of that cell seen.
 
-        Seconds are first summed per *cell*: the seconds that share their bucket at every
-        granularity (with the default list, a minute).  A cell lies inside one bucket of each
-        granularity whatever the zone or DST does, so summing it first is exact, and the
-        spread then costs cells × granularities, not seconds × granularities."""
+        Tracks of one cell then sum into one entry, so a buffer holds an entry per key and
+        minute, not per key and second (fewer dicts made, and fewer to spread at flush).
+        The spread maps that second to the same buckets, so the sums are exact.  Both maps
+        are bounded; if they are cleared, a cell may get a second entry, which the spread
+        sums with the first."""
+        cell = tuple([self.floor.bucket(second, g) for g in self.granularities])
+        if len(self._cell_of) >= CELL_CACHE:
+            self._cell_of, self._cell_second = {}, {}
+        standing = self._cell_second.setdefault(cell, second)
+        self._cell_of[second] = standing
+        return standing
+
+    def _spread(self, raw: dict[tuple[str, int], dict[str, Any]], calls: dict[tuple[str, int], int]) -> dict[Bucket, dict[str, Any]]:
+        """Per-cell sums → per-bucket sums at every granularity (plus system tracking).
+
+        Entries are first summed per *cell* (tracks already came summed per cell; asserts'
+        calls and entries made after the cell maps were cleared come per second).  A cell
+        lies inside one bucket of each granularity whatever the zone or DST does, so summing
+        it first is exact, and the spread then costs cells × granularities, not seconds ×
+        granularities."""
         grans = self.granularities
         texts = [g.text for g in grans]
         bucket_of = self.floor.bucket

@@ -65,39 +65,85 @@ def flatten(values: Mapping[str, Any], prefix: str = "", out: dict[str, Number] 
     return out
 
 
-# prefix -> {name -> prefix + sanitized name}: the dotted path of a value, built once per
-# name instead of once per track (names come from data: the cache is bounded).
-_paths: dict[str, dict[str, str]] = {}
+# prefix -> ({name -> prefix + sanitized name}, {name -> (the nested prefix, its table's
+# paths)}): the dotted path of a value, built once per name instead of once per track
+# (names come from data: every cache is bounded).
+_tables: dict[str, tuple[dict[Any, str], dict[Any, tuple[str, dict[Any, str]]]]] = {}
+_CACHED = 10_000
+
+
+def _table(prefix: str) -> tuple[dict[Any, str], dict[Any, tuple[str, dict[Any, str]]]]:
+    table = _tables.get(prefix)
+    if table is None:
+        if len(_tables) > _CACHED:
+            _tables.clear()
+        table = _tables[prefix] = ({}, {})
+    return table
+
+
+def _path(paths: dict[Any, str], prefix: str, name: Any) -> str:
+    # Cached for strings only: 1, 1.0 and True are equal keys but different names (a
+    # lookup by a non-string name never finds a string's entry).
+    path = prefix + sanitize_name(name)
+    if type(name) is str:
+        if len(paths) > _CACHED:
+            paths.clear()
+        paths[name] = path
+    return path
+
+
+def _nested(inner: dict[Any, tuple[str, dict[Any, str]]], prefix: str, name: Any) -> tuple[str, dict[Any, str]]:
+    nested_prefix = prefix + sanitize_name(name) + "."
+    entry = (nested_prefix, _table(nested_prefix)[0])
+    if type(name) is str:
+        if len(inner) > _CACHED:
+            inner.clear()
+        inner[name] = entry
+    return entry
+
+
+def _add_other(target: dict[str, Number], name: Any, value: Any, prefix: str) -> int:
+    """One value that is not a finite ``int``/``float``: a mapping, another number type, or
+    something left out (``bool``, ``nan``, text)."""
+    kind = type(value)
+    if kind is dict or isinstance(value, Mapping):
+        return add_nested(target, value, prefix + sanitize_name(name) + ".")
+    if kind is not float and is_number(value):
+        path = prefix + sanitize_name(name)
+        target[path] = target.get(path, 0) + value
+        return 1
+    return 0
 
 
 def add_nested(target: dict[str, Number], values: Mapping[str, Any], prefix: str = "") -> int:
     """Add the numbers of nested ``values`` into flat ``target`` sums (what :func:`flatten`
-    then a sum would do, without the intermediate dict); returns how many were added."""
-    paths = _paths.get(prefix)
-    if paths is None:
-        if len(_paths) > 10_000:
-            _paths.clear()
-        paths = _paths[prefix] = {}
-    isfinite = math.isfinite
+    then a sum would do, without the intermediate dict); returns how many were added.
+
+    The stats API's hot path: the first level of nesting (``{"codes": {"OK": 1}}``) is
+    walked in place rather than by a call, and ``x - x == 0`` is ``isfinite`` for a float
+    without a call."""
+    table = _tables.get(prefix)
+    paths, inner = table if table is not None else _table(prefix)
     get = target.get
     added = 0
     for name, value in values.items():
-        path = paths.get(name) if type(name) is str else None
-        if path is None:
-            path = prefix + sanitize_name(name)
-            if type(name) is str:
-                if len(paths) > 10_000:
-                    paths.clear()
-                paths[name] = path
         kind = type(value)
-        if kind is int or (kind is float and isfinite(value)):
+        if kind is int or (kind is float and value - value == 0.0):
+            path = paths.get(name) or _path(paths, prefix, name)
             target[path] = get(path, 0) + value
             added += 1
-        elif kind is dict or isinstance(value, Mapping):
-            added += add_nested(target, value, path + ".")
-        elif kind is not float and is_number(value):
-            target[path] = get(path, 0) + value
-            added += 1
+        elif kind is dict:
+            nested_prefix, nested_paths = inner.get(name) or _nested(inner, prefix, name)
+            for nested_name, nested_value in value.items():
+                kind = type(nested_value)
+                if kind is int or (kind is float and nested_value - nested_value == 0.0):
+                    path = nested_paths.get(nested_name) or _path(nested_paths, nested_prefix, nested_name)
+                    target[path] = get(path, 0) + nested_value
+                    added += 1
+                else:
+                    added += _add_other(target, nested_name, nested_value, nested_prefix)
+        else:
+            added += _add_other(target, name, value, prefix)
     return added
 
 
