@@ -224,6 +224,7 @@ def s3_run(executions: int, latency_ms: float, concurrency: int, *, stub: bool =
             boto3.client("s3", endpoint_url=proxy.url, region_name="us-east-1",
                          aws_access_key_id="bench", aws_secret_access_key="bench").create_bucket(Bucket="bench")
             with tempfile.TemporaryDirectory() as home:
+                server_cpu0 = time.process_time()  # (this process runs the server and the proxy)
                 proc = subprocess.run(
                     [sys.executable, __file__, "--child", "worker", str(executions), home, "s3://bench/traces",
                      str(concurrency)],
@@ -233,6 +234,7 @@ def s3_run(executions: int, latency_ms: float, concurrency: int, *, stub: bool =
                 sys.stderr.write(proc.stderr)
                 raise SystemExit("S3 child failed")
             result = json.loads(proc.stdout.strip().splitlines()[-1])
+            result["server_cpu"] = time.process_time() - server_cpu0
             result["requests"] = proxy.requests
             result["max_in_flight"] = proxy.max_in_flight
             return result
@@ -303,6 +305,11 @@ def main() -> int:
             print(f"  S3 (moto) at +{latency:g} ms per request: {s['executions']:,} executions in {s['elapsed']:.2f} s: "
                   f"{rates[latency]:,.0f} executions/s; {s['requests']:,} requests, at most {s['max_in_flight']} in "
                   f"flight (s3_concurrency {args.s3_concurrency}); written {s['written']:,}")
+            # What one put costs the server side decides how many puts a second this
+            # machine's cores can take, whatever the client does.
+            per_put = s["server_cpu"] / max(s["requests"], 1)
+            print(f"  {'':<4}moto and the proxy: {per_put * 1e6:,.0f} us of CPU a request, so at most "
+                  f"~{1 / per_put:,.0f} requests/s a core")
         print(f"  ratio executions/s at +{args.latency_ms:g} ms / at +0 ms: {rates[args.latency_ms] / rates[0.0]:.2f}")
         s = s3_run(args.s3_executions, args.latency_ms, args.s3_concurrency, stub=True)
         stub_rate = s["executions"] / s["elapsed"]
