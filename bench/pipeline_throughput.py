@@ -11,14 +11,16 @@ Three measurements, each in its own subprocess (so peak RSS is its own):
    (the flush after the run), peak RSS, and the ratio of app spans/s (b)/(a); (a) and (b)
    alternate for ``--rounds`` pairs, and the median of the ratios is printed.
 2. **Worker alone**: the spans of ``--executions`` executions are made first, then handed
-   to the pipeline at once and flushed: executions/s and worker CPU µs per span.
+   to the pipeline at once and flushed: executions/s and worker CPU µs per span, for
+   ``--worker-runs`` runs, and their median.
 3. **S3 under latency** (``--s3``): the same worker run into moto's S3 server behind a
    local proxy that adds ``--latency-ms`` to every request: executions/s and the most
    requests in flight at once.  Then the same run against the proxy answering every put
    itself (no moto behind it): what the client side (boto3 on the pool) can send when the
-   server is not the limit.
+   server is not the limit.  Each moto run also prints the server side's CPU a request.
 
-Usage: python bench/pipeline_throughput.py [--seconds 5] [--rounds 3] [--executions 20000] [--s3]
+Usage: python bench/pipeline_throughput.py [--seconds 5] [--rounds 3] [--executions 20000]
+       [--worker-runs 3] [--s3]
 """
 
 from __future__ import annotations
@@ -261,6 +263,7 @@ def main() -> int:
     parser.add_argument("--latency-ms", type=float, default=20.0)
     parser.add_argument("--s3-concurrency", type=int, default=64)
     parser.add_argument("--skip-app", action="store_true")
+    parser.add_argument("--worker-runs", type=int, default=3, help="runs of the worker alone (the median is printed)")
     parser.add_argument("--rounds", type=int, default=3, help="pairs of (a) and (b) runs, alternating")
     args = parser.parse_args()
     print(f"python {sys.version.split()[0]}, executions of 1 root + {CHILDREN} children, demo rules, embedded store")
@@ -289,12 +292,18 @@ def main() -> int:
         if len(ratios) > 1:
             print(f"  ratio app spans/s (b)/(a), median of {len(ratios)} rounds: {statistics.median(ratios):.3f} "
                   f"(rounds: {', '.join(f'{x:.3f}' for x in ratios)})")
-    with tempfile.TemporaryDirectory() as home:
-        w = run_child("worker", str(args.executions), home)
-    print(f"  worker alone: {w['executions']:,} executions ({w['spans']:,} spans) in {w['elapsed']:.2f} s: "
-          f"{w['executions'] / w['elapsed']:,.0f} executions/s, {w['spans'] / w['elapsed']:,.0f} spans/s, "
-          f"CPU {w['cpu'] / w['spans'] * 1e6:.1f} us/span; written {w['written']:,}, spilled {w['spilled']}, "
-          f"peak RSS {w['peak_rss_mb']:.0f} MB")
+    # One run on a shared machine can be off by a quarter: several runs, and their median.
+    worker_rates = []
+    for _ in range(args.worker_runs):
+        with tempfile.TemporaryDirectory() as home:
+            w = run_child("worker", str(args.executions), home)
+        worker_rates.append(w["executions"] / w["elapsed"])
+        print(f"  worker alone: {w['executions']:,} executions ({w['spans']:,} spans) in {w['elapsed']:.2f} s: "
+              f"{worker_rates[-1]:,.0f} executions/s, {w['spans'] / w['elapsed']:,.0f} spans/s, "
+              f"CPU {w['cpu'] / w['spans'] * 1e6:.1f} us/span; written {w['written']:,}, spilled {w['spilled']}, "
+              f"peak RSS {w['peak_rss_mb']:.0f} MB")
+    if len(worker_rates) > 1:
+        print(f"  worker alone, median of {len(worker_rates)} runs: {statistics.median(worker_rates):,.0f} executions/s")
     if args.s3:
         # The same run with no added latency shows what the local S3 server itself allows:
         # the ratio says how much of the added latency the concurrent puts hide.
