@@ -300,3 +300,19 @@ def test_add_nested_matches_flatten_at_every_depth():
     assert target == {path: value * 2 for path, value in expected.items()}
     assert added == len(expected)
     assert "codes.deep.er.est" in target and "codes.a_b" in target and "_set" in target and "codes.7" in target
+
+
+def test_a_str_enum_name_is_its_text_whichever_is_seen_first():
+    import enum
+
+    from trifle_otel.stats.values import add_nested, flatten
+
+    class Code(str, enum.Enum):
+        OK = "OK"
+        LOW = "low.margin"
+
+    first: dict = {}
+    add_nested(first, {"codes": {Code.LOW: 1, "OK": 1}})
+    add_nested(first, {"codes": {"low.margin": 1, Code.OK: 1}})
+    assert first == {"codes.low_margin": 2, "codes.OK": 2}
+    assert flatten({"codes": {Code.LOW: 1}}) == {"codes.low_margin": 1}

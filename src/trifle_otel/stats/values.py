@@ -25,7 +25,9 @@ def sanitize_name(name: Any) -> str:
     cached = _sanitized.get(name) if is_str else None
     if cached is not None:
         return cached
-    text = _UNSAFE.sub("_", str(name))
+    # A string of a str subclass (a str-mixin Enum) is named by its text, as a plain string
+    # is: the same name whichever of the two a cache saw first.
+    text = _UNSAFE.sub("_", name if isinstance(name, str) else str(name))
     if text.startswith("$"):
         text = "_" + text[1:]
     text = text or "_"
@@ -82,8 +84,9 @@ def _table(prefix: str) -> tuple[dict[Any, str], dict[Any, tuple[str, dict[Any, 
 
 
 def _path(paths: dict[Any, str], prefix: str, name: Any) -> str:
-    # Cached for strings only: 1, 1.0 and True are equal keys but different names (a
-    # lookup by a non-string name never finds a string's entry).
+    # Cached for strings only: 1, 1.0 and True are equal keys but different names.  (A
+    # lookup by a non-string name finds no string's entry, or, for a str subclass, the
+    # entry of its own text, which sanitize_name gives it too.)
     path = prefix + sanitize_name(name)
     if type(name) is str:
         if len(paths) > _CACHED:
