@@ -316,7 +316,7 @@ def main() -> int:
                   f"flight (s3_concurrency {args.s3_concurrency}); written {s['written']:,}")
             # What one put costs the server side decides how many puts a second this
             # machine's cores can take, whatever the client does.
-            per_put = s["server_cpu"] / max(s["requests"], 1)
+            per_put = max(s["server_cpu"] / max(s["requests"], 1), 1e-9)
             print(f"  {'':<4}moto and the proxy: {per_put * 1e6:,.0f} us of CPU a request, so at most "
                   f"~{1 / per_put:,.0f} requests/s a core")
         print(f"  ratio executions/s at +{args.latency_ms:g} ms / at +0 ms: {rates[args.latency_ms] / rates[0.0]:.2f}")
