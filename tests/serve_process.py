@@ -24,6 +24,7 @@ from trifle_otel.stores import open_index
 from trifle_otel.stores.base import TraceQuery
 
 TRIFLE = str(Path(sys.executable).parent / "trifle-otel")
+_READY = "Stop with Ctrl-C or SIGTERM."  # serve's last start-up line
 _LISTEN = re.compile(r"OTLP/gRPC on (?P<grpc>\S+);|OTLP/HTTP on http://(?P<http>[^/\s]+)/v1/traces")
 
 
@@ -78,7 +79,10 @@ class Serve:
                 for match in _LISTEN.finditer(line):
                     self.grpc = match.group("grpc") or self.grpc
                     self.http = match.group("http") or self.http
-            if self.http or (self.grpc and "--http" in self.args):
+            # Started once the last start-up line is out: the lines before it (what was
+            # replayed, where it writes) are then all in ``out``, not still in the pipe.
+            ready = any(_READY in line for line in list(self.out))
+            if ready and (self.http or (self.grpc and "--http" in self.args)):
                 if self.http:
                     self.wait_healthy()
                 return self
