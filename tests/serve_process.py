@@ -52,6 +52,7 @@ class Serve:
         self.proc: subprocess.Popen | None = None
         self.out: list[str] = []
         self.err: list[str] = []
+        self._readers: list[threading.Thread] = []
         self.http = ""
         self.grpc = ""
 
@@ -71,8 +72,10 @@ class Serve:
         self.out, self.err = [], []
         self.proc = subprocess.Popen(self.command(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                      env=self.env, stdin=subprocess.DEVNULL)
-        threading.Thread(target=self._read, args=(self.proc.stdout, self.out), daemon=True).start()
-        threading.Thread(target=self._read, args=(self.proc.stderr, self.err), daemon=True).start()
+        self._readers = [threading.Thread(target=self._read, args=(stream, sink), daemon=True)
+                         for stream, sink in ((self.proc.stdout, self.out), (self.proc.stderr, self.err))]
+        for reader in self._readers:
+            reader.start()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for line in list(self.out):
@@ -102,8 +105,15 @@ class Serve:
         assert self.proc is not None
         return self.proc.pid
 
+    def _drain(self) -> None:
+        """Wait for the readers to reach the pipes' end: an exited process's last lines
+        (its stop summary) can still be in the pipe when ``wait`` returns."""
+        for reader in self._readers:
+            reader.join(10)
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 120) -> int:
         if self.proc is None or self.proc.poll() is not None:
+            self._drain()
             return self.proc.returncode if self.proc else 0
         self.proc.send_signal(sig)
         try:
@@ -112,6 +122,7 @@ class Serve:
             if self.proc.poll() is None:
                 self.proc.kill()
                 self.proc.wait(10)
+            self._drain()
 
     def kill9(self) -> None:
         assert self.proc is not None
