@@ -276,6 +276,10 @@ def served(transport: str, n_requests: int, clients: int, grace: float, sink: Si
         )
         try:
             line = proc.stdout.readline()
+            if "OTLP/gRPC on " not in line:  # serve refused to start (its config, its ports)
+                proc.kill()  # (nothing if it has exited already)
+                proc.wait()
+                raise SystemExit(f"trifle-otel serve did not start (exit code {proc.returncode}): {proc.stderr.read().strip()}")
             grpc_target = re.search(r"OTLP/gRPC on (\S+);", line).group(1)
             http_host, http_port = re.search(r"http://([\d.]+):(\d+)/v1/traces", line).groups()
             index = Path(home) / "traces.db"
